@@ -1,0 +1,331 @@
+//! The on-disk YAML format, exactly as users write it.
+//!
+//! Nothing here is validated beyond what serde checks (types and unknown keys); the
+//! [`super::compile`] step turns these structs into the internal [`super::GatewayConfig`].
+//! Fields that later checks must point at are wrapped in [`Spanned`] so an error can name
+//! the line they came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// `config/gateway.yaml`: everything, including `include:` of route files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MainFile {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub listeners: Vec<Spanned<ListenerFile>>,
+    pub admin: Option<Spanned<ListenerFile>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub access_log: AccessLogFile,
+    #[serde(default)]
+    pub headers: HeadersFile,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<UpstreamFile>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteFile>>,
+    #[serde(default)]
+    pub include: Vec<Spanned<String>>,
+}
+
+/// A file pulled in by `include:` (usually `conf.d/*.yaml`): routes and upstreams only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncludeFile {
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<UpstreamFile>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteFile>>,
+}
+
+/// Process-level settings; changing them needs a restart or graceful upgrade.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub threads: Option<Spanned<usize>>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub grace_period: Option<Spanned<DurationValue>>,
+    pub graceful_shutdown_timeout: Option<Spanned<DurationValue>>,
+    pub upstream_keepalive_pool: Option<usize>,
+}
+
+/// A downstream listener: TCP (`address`) or Unix socket (`unix`), optionally TLS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub address: Option<Spanned<String>>,
+    pub unix: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
+    pub tls: Option<Spanned<TlsFile>>,
+}
+
+/// Certificate and key of a TLS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    #[serde(default = "yes")]
+    pub http2: bool,
+    /// Generate a self-signed certificate at these paths when they do not exist (dev only).
+    #[serde(default)]
+    pub self_signed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where and how access log lines are written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    pub format: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub enabled: Option<bool>,
+}
+
+/// Names of the headers the gateway owns.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersFile {
+    pub identity_prefix: Option<Spanned<String>>,
+    pub request_id: Option<Spanned<String>>,
+}
+
+/// A named group of backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub backends: Vec<Spanned<String>>,
+    pub tls: Option<Spanned<UpstreamTlsFile>>,
+    pub health_check: Option<Spanned<HealthCheckFile>>,
+    pub max_fails: Option<u32>,
+    pub fail_timeout: Option<Spanned<DurationValue>>,
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    pub retries: Option<u32>,
+}
+
+/// TLS towards `https://` backends.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    pub ca_file: Option<Spanned<String>>,
+    pub sni: Option<String>,
+    pub verify: Option<bool>,
+}
+
+/// Active health check of every backend in a group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub host: Option<String>,
+    pub interval: Option<Spanned<DurationValue>>,
+    pub timeout: Option<Spanned<DurationValue>>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    pub connect: Option<Spanned<DurationValue>>,
+    pub read: Option<Spanned<DurationValue>>,
+    pub write: Option<Spanned<DurationValue>>,
+    pub idle: Option<Spanned<DurationValue>>,
+}
+
+/// One route rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: Spanned<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: MatchFile,
+    pub auth: Option<Spanned<String>>,
+    pub upstream: Option<Spanned<String>>,
+    #[serde(rename = "return")]
+    pub fixed: Option<Spanned<String>>,
+    pub strip_prefix: Option<Spanned<String>>,
+    pub rewrite: Option<Spanned<RewriteFile>>,
+    pub host_header: Option<Spanned<String>>,
+    #[serde(default)]
+    pub request_headers: HeaderOpsFile,
+    #[serde(default)]
+    pub response_headers: HeaderOpsFile,
+    pub max_body_size: Option<Spanned<SizeValue>>,
+}
+
+/// What a route matches on.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    pub host: Option<Spanned<String>>,
+    pub path: Option<Spanned<PathMatchFile>>,
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+}
+
+/// `path: {exact: …}`, `{prefix: …}` or `{regex: …}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum PathMatchFile {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+/// `rewrite: {regex: "^/old/(.*)", replacement: "/new/$1"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteFile {
+    pub regex: String,
+    pub replacement: String,
+}
+
+/// Header edits: `set` replaces, `add` appends, `remove` deletes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOpsFile {
+    #[serde(default)]
+    pub set: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub add: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub remove: Vec<Spanned<String>>,
+}
+
+/// A duration written as `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationValue(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DurationValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as 250ms, 5s, 2m or 1h")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(DurationValue(std::time::Duration::from_secs(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(|v| DurationValue(std::time::Duration::from_secs(v)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                parse_duration(v).map(DurationValue).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h` (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 5s, 2m, 1h"))?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
+            ))
+        }
+    }
+    .ok_or_else(|| format!("duration {s:?} is too large"))?;
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+/// A byte size written as `512`, `64k`, `10m` or `1g` (nginx units, powers of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeValue(pub u64);
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SizeValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as 512, 64k, 10m or 1g")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(SizeValue(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(SizeValue)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                parse_size(v).map(SizeValue).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses `512`, `64k`, `10m`, `1g` (case-insensitive, powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 512, 64k, 10m, 1g"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?}: use k, m or g"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert!(parse_size("1t").is_err());
+        assert!(parse_size("99999999999999999999g").is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! Portcullis gateway: a Pingora reverse proxy with YAML routes, nginx habits and (from the
+//! verification issue on) in-process JWT checks.
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod headers;
+pub mod health;
+pub mod metrics;
+pub mod path;
+pub mod proxy;
+pub mod reload;
+pub mod routes;
+pub mod server;
+pub mod upstream;

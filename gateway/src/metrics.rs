@@ -1,0 +1,100 @@
+//! Prometheus metrics, served on the admin listener's `/metrics`.
+
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports, registered in its own registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route and status (`route="-"` when no route matched).
+    pub requests: IntCounterVec,
+    /// Time from picking a backend to its response header, by upstream.
+    pub upstream_latency: HistogramVec,
+    /// Total request duration by route.
+    pub request_duration: HistogramVec,
+    /// Requests being processed right now.
+    pub active_requests: IntGauge,
+    /// Config reloads by result (`ok`, `error`).
+    pub reloads: IntCounterVec,
+    /// 1 when a backend is considered up by its health check.
+    pub backend_up: IntGaugeVec,
+    /// Access log lines dropped because the writer could not keep up.
+    pub access_log_dropped: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_requests_total",
+                "Requests by route and response status",
+            ),
+            &["route", "status"],
+        )?;
+        let buckets = exponential_buckets(0.0005, 2.0, 16)?;
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_upstream_latency_seconds",
+                "Time to the upstream response header",
+            )
+            .buckets(buckets.clone()),
+            &["upstream"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_request_duration_seconds",
+                "Whole request duration",
+            )
+            .buckets(buckets),
+            &["route"],
+        )?;
+        let active_requests = IntGauge::new("portcullis_active_requests", "Requests in flight")?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "portcullis_config_reloads_total",
+                "Config reloads by result",
+            ),
+            &["result"],
+        )?;
+        let backend_up = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_upstream_backend_up",
+                "1 when the backend passes its health check",
+            ),
+            &["upstream", "backend"],
+        )?;
+        let access_log_dropped = IntCounter::new(
+            "portcullis_access_log_dropped_total",
+            "Access log lines dropped",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(upstream_latency.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(active_requests.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(backend_up.clone()))?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            upstream_latency,
+            request_duration,
+            active_requests,
+            reloads,
+            backend_up,
+            access_log_dropped,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics; an empty page is the fallback.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}

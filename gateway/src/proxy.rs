@@ -1,0 +1,651 @@
+//! The Pingora `ProxyHttp` implementation: one small hook per phase.
+//!
+//! Each request takes one snapshot of the live config in `new_ctx` and uses only that, so a
+//! reload in the middle of a request can never mix two configs.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+use serde_json::json;
+
+use crate::access_log::Entry;
+use crate::config::GatewayConfig;
+use crate::headers::{acceptable_request_id, new_request_id, ClientInfo};
+use crate::path;
+use crate::reload::LiveConfig;
+use crate::routes::{Action, AuthMode, HostHeader, Route, RouteMatch};
+use crate::upstream::BackendAddress;
+
+/// The gateway's proxy logic.
+pub struct Gateway {
+    live: Arc<LiveConfig>,
+}
+
+impl Gateway {
+    /// A proxy reading its config from `live`.
+    pub fn new(live: Arc<LiveConfig>) -> Self {
+        Gateway { live }
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    config: Arc<GatewayConfig>,
+    start: Instant,
+    route: Option<Arc<Route>>,
+    request_id: String,
+    client: Option<ClientInfo>,
+    /// Normalised, rewritten path plus the original query.
+    forward_uri: String,
+    /// Client `Host` (with port) for `X-Forwarded-Host`.
+    host: String,
+    tried: Vec<usize>,
+    backend: Option<usize>,
+    upstream_start: Option<Instant>,
+    body_bytes: u64,
+    /// Status of a response the gateway wrote itself.
+    status: u16,
+    auth: &'static str,
+    counted: bool,
+}
+
+/// Builds a JSON error body in the shape the issuer also uses.
+fn error_body(code: &str, description: &str) -> Bytes {
+    Bytes::from(json!({"error": code, "error_description": description}).to_string())
+}
+
+fn status_error_code(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "payload_too_large",
+        502 => "bad_gateway",
+        503 => "service_unavailable",
+        504 => "gateway_timeout",
+        _ if status >= 500 => "internal_error",
+        _ => "error",
+    }
+}
+
+impl Gateway {
+    /// Writes a complete response the gateway produced itself.
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+        content_type: &str,
+        body: Bytes,
+        extra: &[(header::HeaderName, HeaderValue)],
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+        if !body.is_empty() || status != 204 {
+            resp.insert_header(header::CONTENT_TYPE, content_type)?;
+        }
+        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        for (n, v) in extra {
+            resp.insert_header(n.clone(), v.clone())?;
+        }
+        self.decorate_response(&mut resp, ctx)?;
+        ctx.status = status;
+        let head_only = session.req_header().method == Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), head_only || body.is_empty())
+            .await?;
+        if !head_only && !body.is_empty() {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    async fn respond_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+        description: &str,
+        extra: &[(header::HeaderName, HeaderValue)],
+    ) -> Result<()> {
+        let body = error_body(status_error_code(status), description);
+        self.respond(session, ctx, status, "application/json", body, extra)
+            .await
+    }
+
+    /// Headers every response gets: the request id and the route's response edits.
+    fn decorate_response(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+        if !ctx.request_id.is_empty() {
+            resp.insert_header(
+                ctx.config.request_id_header.clone(),
+                ctx.request_id.as_str(),
+            )?;
+        }
+        if let Some(route) = &ctx.route {
+            if !route.response_headers.is_empty() {
+                route.response_headers.apply_response(resp)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn is_tls(session: &Session) -> bool {
+    session
+        .digest()
+        .and_then(|d: &Digest| d.ssl_digest.as_ref())
+        .is_some()
+}
+
+/// Lower-case host without port, from the URI authority (HTTP/2, absolute-form) or `Host`.
+fn request_host(req: &RequestHeader) -> Result<String, &'static str> {
+    let raw = match req.uri.authority() {
+        Some(a) => a.as_str().to_string(),
+        None => match req.headers.get(header::HOST) {
+            Some(h) => h.to_str().map_err(|_| "invalid Host header")?.to_string(),
+            None => String::new(),
+        },
+    };
+    if req.headers.get_all(header::HOST).iter().count() > 1 {
+        return Err("more than one Host header");
+    }
+    Ok(raw)
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map(|(h, _)| &host[..h.len() + 1])
+            .unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            config: self.live.current(),
+            start: Instant::now(),
+            route: None,
+            request_id: String::new(),
+            client: None,
+            forward_uri: String::new(),
+            host: String::new(),
+            tried: Vec::new(),
+            backend: None,
+            upstream_start: None,
+            body_bytes: 0,
+            status: 0,
+            auth: "-",
+            counted: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let metrics = &self.live.metrics;
+        metrics.active_requests.inc();
+        ctx.counted = true;
+        let cfg = ctx.config.clone();
+
+        // Identity headers belong to the gateway alone: drop what the client sent, first.
+        cfg.identity_prefix.strip(session.req_header_mut());
+
+        let req = session.req_header();
+        let xff = req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let client = ClientInfo::resolve(peer_ip(session), &cfg.trust, xff);
+        ctx.request_id = match req.headers.get(&cfg.request_id_header) {
+            Some(v) if client.trusted && acceptable_request_id(v.as_bytes()) => {
+                v.to_str().unwrap_or_default().to_string()
+            }
+            _ => new_request_id(),
+        };
+        ctx.client = Some(client);
+
+        let host = match request_host(req) {
+            Ok(h) => h,
+            Err(why) => {
+                self.respond_error(session, ctx, 400, why, &[]).await?;
+                return Ok(true);
+            }
+        };
+        let normalised = match path::normalize(req.uri.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.respond_error(session, ctx, 400, &e.to_string(), &[])
+                    .await?;
+                return Ok(true);
+            }
+        };
+        let method = req.method.clone();
+        let lookup_host = strip_port(&host).to_ascii_lowercase();
+        let route = match cfg.router.lookup(&lookup_host, &normalised, &method) {
+            RouteMatch::Found(r) => r.clone(),
+            RouteMatch::MethodNotAllowed(allowed) => {
+                let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+                let allow =
+                    HeaderValue::from_str(&list.join(", ")).unwrap_or(HeaderValue::from_static(""));
+                self.respond_error(
+                    session,
+                    ctx,
+                    405,
+                    "method not allowed on this route",
+                    &[(header::ALLOW, allow)],
+                )
+                .await?;
+                return Ok(true);
+            }
+            RouteMatch::NotFound => {
+                self.respond_error(session, ctx, 404, "no route matches this request", &[])
+                    .await?;
+                return Ok(true);
+            }
+        };
+        ctx.host = host;
+        ctx.route = Some(route.clone());
+
+        if let Some(max) = route.max_body_size {
+            let declared = session
+                .req_header()
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                self.respond_error(
+                    session,
+                    ctx,
+                    413,
+                    &format!("request body larger than {max} bytes"),
+                    &[],
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+
+        match route.auth {
+            AuthMode::Public => ctx.auth = "public",
+            AuthMode::Optional => ctx.auth = "anonymous",
+            AuthMode::Required => {
+                // No token verifier is configured in this build: fail closed, never open.
+                ctx.auth = "denied";
+                let has_token = session
+                    .req_header()
+                    .headers
+                    .contains_key(header::AUTHORIZATION);
+                let (challenge, why) = if has_token {
+                    (
+                        r#"Bearer realm="portcullis", error="invalid_token", error_description="no trusted issuer can verify this token""#,
+                        "no trusted issuer can verify this token",
+                    )
+                } else {
+                    (
+                        r#"Bearer realm="portcullis""#,
+                        "this route requires a bearer token",
+                    )
+                };
+                self.respond_error(
+                    session,
+                    ctx,
+                    401,
+                    why,
+                    &[(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(challenge),
+                    )],
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+
+        match &route.action {
+            Action::Respond(fixed) => {
+                let extra: Vec<_> = fixed
+                    .location
+                    .iter()
+                    .map(|l| (header::LOCATION, l.clone()))
+                    .collect();
+                self.respond(
+                    session,
+                    ctx,
+                    fixed.status,
+                    "text/plain; charset=utf-8",
+                    fixed.body.clone(),
+                    &extra,
+                )
+                .await?;
+                Ok(true)
+            }
+            Action::Proxy(_) => {
+                let mut uri = route.rewrite.apply(&normalised);
+                if let Some(q) = session.req_header().uri.query() {
+                    uri.push('?');
+                    uri.push_str(q);
+                }
+                ctx.forward_uri = uri;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(b), Some(max)) = (
+            body.as_ref(),
+            ctx.route.as_ref().and_then(|r| r.max_body_size),
+        ) {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > max {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    format!("request body larger than {max} bytes"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(Action::Proxy(group)) = ctx.route.as_ref().map(|r| &r.action) else {
+            return Error::e_explain(ErrorType::InternalError, "no upstream for this request");
+        };
+        let Some(idx) = group.select(&ctx.tried) else {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(503),
+                format!("no healthy backend in upstream {}", group.name),
+            );
+        };
+        ctx.tried.push(idx);
+        ctx.backend = Some(idx);
+        ctx.upstream_start = Some(Instant::now());
+        Ok(Box::new(group.backends[idx].peer.clone()))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !reused {
+            if let (Some(Action::Proxy(group)), Some(idx)) =
+                (ctx.route.as_ref().map(|r| &r.action), ctx.backend)
+            {
+                group.report_success(idx);
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(Action::Proxy(group)), Some(idx)) =
+            (ctx.route.as_ref().map(|r| &r.action), ctx.backend)
+        {
+            group.report_failure(idx);
+            // Nothing was sent yet, so another backend may take the request safely.
+            let attempts = ctx.tried.len() as u32;
+            e.set_retry(attempts <= group.retries && attempts < group.backends.len() as u32);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "no route");
+        };
+        let uri = http::Uri::try_from(ctx.forward_uri.as_str()).or_err(
+            ErrorType::HTTPStatus(400),
+            "request path cannot be forwarded",
+        )?;
+        upstream.set_uri(uri);
+
+        match &route.host_header {
+            HostHeader::Preserve => {
+                if !upstream.headers.contains_key(header::HOST) && !ctx.host.is_empty() {
+                    upstream.insert_header(header::HOST, ctx.host.as_str())?;
+                }
+            }
+            HostHeader::Fixed(v) => upstream.insert_header(header::HOST, v.clone())?,
+            HostHeader::Upstream => {
+                if let (Action::Proxy(group), Some(idx)) = (&route.action, ctx.backend) {
+                    let value = match &group.backends[idx].address {
+                        BackendAddress::Tcp(a) => a.to_string(),
+                        BackendAddress::Tls { addr, host } => format!("{host}:{}", addr.port()),
+                        BackendAddress::Unix(_) => "localhost".to_string(),
+                    };
+                    upstream.insert_header(header::HOST, value)?;
+                }
+            }
+        }
+
+        if let Some(client) = &ctx.client {
+            let xff = client.forwarded_for(
+                upstream
+                    .headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok()),
+            );
+            upstream.insert_header("x-forwarded-for", xff)?;
+            upstream.insert_header("x-real-ip", client.client_ip.as_str())?;
+            let proto_in = upstream.headers.get("x-forwarded-proto").cloned();
+            match proto_in {
+                Some(p) if client.trusted => upstream.insert_header("x-forwarded-proto", p)?,
+                _ => upstream.insert_header(
+                    "x-forwarded-proto",
+                    if is_tls(session) { "https" } else { "http" },
+                )?,
+            }
+            let host_in = upstream.headers.get("x-forwarded-host").cloned();
+            match host_in {
+                Some(h) if client.trusted => upstream.insert_header("x-forwarded-host", h)?,
+                _ if !ctx.host.is_empty() => {
+                    upstream.insert_header("x-forwarded-host", ctx.host.as_str())?
+                }
+                _ => {
+                    upstream.remove_header("x-forwarded-host");
+                }
+            }
+        }
+        upstream.insert_header(
+            ctx.config.request_id_header.clone(),
+            ctx.request_id.as_str(),
+        )?;
+        if !route.request_headers.is_empty() {
+            route.request_headers.apply_request(upstream)?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(start), Some(Action::Proxy(group))) =
+            (ctx.upstream_start, ctx.route.as_ref().map(|r| &r.action))
+        {
+            self.live
+                .metrics
+                .upstream_latency
+                .with_label_values(&[group.name.as_str()])
+                .observe(start.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.decorate_response(resp, ctx)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+            | ErrorType::TLSHandshakeTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let description = match code {
+                502 => "the upstream could not be reached or answered badly".to_string(),
+                504 => "the upstream did not answer in time".to_string(),
+                400 => "malformed request".to_string(),
+                _ => e
+                    .context
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "request failed".into()),
+            };
+            if let Err(err) = self
+                .respond_error(session, ctx, code, &description, &[])
+                .await
+            {
+                tracing::debug!("could not send the error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let metrics = &self.live.metrics;
+        if ctx.counted {
+            metrics.active_requests.dec();
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(ctx.status);
+        let route = ctx.route.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
+        metrics
+            .requests
+            .with_label_values(&[route, status.to_string().as_str()])
+            .inc();
+        let elapsed = ctx.start.elapsed();
+        if ctx.route.is_some() {
+            metrics
+                .request_duration
+                .with_label_values(&[route])
+                .observe(elapsed.as_secs_f64());
+        }
+        let cfg = &ctx.config;
+        if !cfg.access_log.enabled {
+            return;
+        }
+        let req = session.req_header();
+        let upstream = match (ctx.route.as_ref().map(|r| &r.action), ctx.backend) {
+            (Some(Action::Proxy(g)), Some(i)) => g.backends[i].label.as_str(),
+            _ => "-",
+        };
+        let header_str = |name: header::HeaderName| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+        };
+        let version = format!("{:?}", req.version);
+        let uri = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let line = Entry {
+            client: ctx
+                .client
+                .as_ref()
+                .map(|c| c.client_ip.as_str())
+                .unwrap_or("-"),
+            method: req.method.as_str(),
+            uri,
+            version: &version,
+            status,
+            bytes: session.body_bytes_sent(),
+            referer: header_str(header::REFERER),
+            user_agent: header_str(header::USER_AGENT),
+            route,
+            upstream,
+            duration: elapsed,
+            request_id: if ctx.request_id.is_empty() {
+                "-"
+            } else {
+                &ctx.request_id
+            },
+            auth: ctx.auth,
+        }
+        .render(cfg.access_log.format);
+        if !self.live.access_log.write(line) {
+            metrics.access_log_dropped.inc();
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Assembles the Pingora server from the compiled config: listeners, the proxy service,
+//! the admin service and the health checker.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use thiserror::Error;
+
+use crate::admin::AdminApp;
+use crate::config::{ListenerSpec, TlsSpec};
+use crate::health::HealthChecker;
+use crate::proxy::Gateway;
+use crate::reload::LiveConfig;
+
+/// Why the server could not be assembled.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// A TLS listener could not be set up.
+    #[error("TLS listener {addr}: {message}")]
+    Tls {
+        /// Listener address.
+        addr: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Process flags that map onto Pingora's own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessFlags {
+    /// Take listeners over from a running instance (`-u`).
+    pub upgrade: bool,
+    /// Run in the background (`-d`).
+    pub daemon: bool,
+}
+
+/// Creates a self-signed certificate for `localhost` at the spec's paths (dev only).
+pub fn ensure_self_signed(tls: &TlsSpec) -> Result<(), String> {
+    if !tls.self_signed || (tls.cert.exists() && tls.key.exists()) {
+        return Ok(());
+    }
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let cert = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| format!("generating a certificate: {e}"))?;
+    for (path, pem, mode) in [
+        (&tls.cert, cert.cert.pem(), 0o644),
+        (&tls.key, cert.key_pair.serialize_pem(), 0o600),
+    ] {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    tracing::warn!(
+        "generated a self-signed development certificate at {}",
+        tls.cert.display()
+    );
+    Ok(())
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Builds the Pingora server; the caller runs it with `run_forever`.
+pub fn build(live: Arc<LiveConfig>, flags: ProcessFlags) -> Result<Server, ServerError> {
+    let cfg = live.current();
+    let s = &cfg.server;
+    let conf = ServerConf {
+        threads: s.threads,
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        grace_period_seconds: Some(s.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool,
+        daemon: flags.daemon,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(live.clone()),
+        "portcullis-gateway",
+    );
+    for l in &cfg.listeners {
+        match l {
+            ListenerSpec::Tcp { addr, tls: None } => proxy.add_tcp(addr),
+            ListenerSpec::Tcp {
+                addr,
+                tls: Some(tls),
+            } => {
+                ensure_self_signed(tls).map_err(|message| ServerError::Tls {
+                    addr: addr.clone(),
+                    message,
+                })?;
+                let mut settings =
+                    TlsSettings::intermediate(&path_str(&tls.cert), &path_str(&tls.key)).map_err(
+                        |e| ServerError::Tls {
+                            addr: addr.clone(),
+                            message: e.to_string(),
+                        },
+                    )?;
+                if tls.http2 {
+                    settings.enable_h2();
+                }
+                proxy.add_tls_with_settings(addr, None, settings);
+            }
+            ListenerSpec::Unix { path, mode } => {
+                proxy.add_uds(&path_str(path), mode.map(std::fs::Permissions::from_mode));
+            }
+        }
+    }
+
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(admin) = &cfg.admin {
+        let mut svc = Service::new(
+            "portcullis-admin".to_string(),
+            AdminApp::new(live.clone(), ready.clone()),
+        );
+        match admin {
+            ListenerSpec::Tcp { addr, .. } => svc.add_tcp(addr),
+            ListenerSpec::Unix { path, mode } => {
+                svc.add_uds(&path_str(path), mode.map(std::fs::Permissions::from_mode))
+            }
+        }
+        server.add_service(svc);
+    }
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "portcullis-health",
+        HealthChecker::new(live, ready),
+    ));
+    Ok(server)
+}
