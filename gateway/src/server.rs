@@ -95,7 +95,9 @@ pub fn build(live: Arc<LiveConfig>, flags: ProcessFlags) -> Result<Server, Serve
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    // Bootstrap (receiving listeners from the old process on `-u`) runs as a service so that it
+    // happens after daemonising; everything that listens waits for it.
+    let bootstrap = server.bootstrap_as_a_service();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -143,12 +145,14 @@ pub fn build(live: Arc<LiveConfig>, flags: ProcessFlags) -> Result<Server, Serve
                 svc.add_uds(&path_str(path), mode.map(std::fs::Permissions::from_mode))
             }
         }
-        server.add_service(svc);
+        server.add_service(svc).add_dependency(&bootstrap);
     }
-    server.add_service(proxy);
-    server.add_service(background_service(
-        "portcullis-health",
-        HealthChecker::new(live, ready),
-    ));
+    server.add_service(proxy).add_dependency(&bootstrap);
+    server
+        .add_service(background_service(
+            "portcullis-health",
+            HealthChecker::new(live, ready),
+        ))
+        .add_dependency(&bootstrap);
     Ok(server)
 }

@@ -1,1 +1,408 @@
+//! Harness for end-to-end tests: start the real binaries on loopback, talk to them with real
+//! clients (reqwest, raw sockets), and stop everything when a test ends — even on panic.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// Directory holding the workspace's built binaries (`make test` builds them first).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PORTCULLIS_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug")
+}
+
+/// Path of one of the workspace binaries; panics with a hint when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits until `cond` holds or `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    cond()
+}
+
+/// Whether something accepts TCP connections on the port.
+pub fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Label for messages.
+    pub name: String,
+    /// Where its stdout goes.
+    pub stdout: PathBuf,
+    /// Where its stderr goes.
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program` with `args`, output captured to files in `dir`.
+    pub fn spawn(name: &str, program: &Path, args: &[&str], dir: &Path) -> Proc {
+        let stdout = dir.join(format!("{name}.stdout"));
+        let stderr = dir.join(format!("{name}.stderr"));
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        Proc {
+            child,
+            name: name.to_string(),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety concerns.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `timeout` for exit; returns the exit code if it exited.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Everything it wrote to stdout so far.
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.running() {
+            self.signal(libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(3)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// A demo upstream (the workspace's echo server).
+pub struct Upstream {
+    /// Its process.
+    pub proc: Proc,
+    /// TCP port, if it listens on one.
+    pub port: u16,
+}
+
+/// Starts a demo upstream named `name` on a fresh TCP port, plus any `extra` arguments.
+pub fn start_upstream(name: &str, dir: &Path, extra: &[&str]) -> Upstream {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["--name", name, "--listen", &listen];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn(
+        &format!("upstream-{name}"),
+        &bin("portcullis-demo-upstream"),
+        &args,
+        dir,
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || port_open(port)),
+        "upstream {name} did not start"
+    );
+    Upstream { proc, port }
+}
+
+/// A running gateway with its config directory.
+pub struct Gateway {
+    /// Its process.
+    pub proc: Proc,
+    /// Main HTTP port.
+    pub port: u16,
+    /// Admin port.
+    pub admin_port: u16,
+    /// The main config file.
+    pub config: PathBuf,
+}
+
+impl Gateway {
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Admin URL.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+}
+
+/// The `server:` block every test config uses (pid and upgrade socket inside `dir`).
+pub fn server_block(dir: &Path) -> String {
+    format!(
+        "server:\n  threads: 2\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/gw-upgrade.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n",
+        d = dir.display()
+    )
+}
+
+/// Writes `gateway.yaml` = server block + listener on `port` + admin on `admin_port` + `body`,
+/// starts the gateway and waits for its admin `/healthz`.
+pub fn start_gateway(dir: &Path, body: &str) -> Gateway {
+    start_gateway_with(dir, body, &[])
+}
+
+/// Like [`start_gateway`] with extra command-line arguments.
+pub fn start_gateway_with(dir: &Path, body: &str, args: &[&str]) -> Gateway {
+    let port = free_port();
+    let admin_port = free_port();
+    let config = dir.join("gateway.yaml");
+    let text = format!(
+        "{}listeners:\n  - address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin_port}\n{body}",
+        server_block(dir)
+    );
+    std::fs::write(&config, text).expect("write config");
+    let config_arg = config.display().to_string();
+    let mut all = vec!["-c", config_arg.as_str()];
+    all.extend_from_slice(args);
+    let mut proc = Proc::spawn("gateway", &bin("portcullis-gateway"), &all, dir);
+    let ok = wait_for(Duration::from_secs(15), || {
+        port_open(port) && port_open(admin_port)
+    });
+    if !ok {
+        let _ = proc.wait_exit(Duration::from_millis(100));
+        panic!("gateway did not start:\n{}", proc.stderr_text());
+    }
+    Gateway {
+        proc,
+        port,
+        admin_port,
+        config,
+    }
+}
+
+/// Runs `portcullis-gateway -t -c file`; returns (exit code, stdout + stderr).
+pub fn check_config(file: &Path) -> (i32, String) {
+    let out = Command::new(bin("portcullis-gateway"))
+        .args(["-t", "-c"])
+        .arg(file)
+        .output()
+        .expect("run -t");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A blocking HTTP client that never uses a proxy from the environment.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// A parsed HTTP/1.1 response from [`raw_request`].
+#[derive(Debug)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header lines (lower-case names).
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// First value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// Sends bytes exactly as given (no client-side path cleaning) and reads one response.
+pub fn raw_request(stream: &mut (impl Read + Write), request: &str) -> RawResponse {
+    stream.write_all(request.as_bytes()).expect("write request");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = stream.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(resp) = parse_response(&buf) {
+            return resp;
+        }
+        assert!(Instant::now() < deadline, "response timed out");
+    }
+    parse_response(&buf)
+        .unwrap_or_else(|| panic!("incomplete response: {}", String::from_utf8_lossy(&buf)))
+}
+
+/// Sends a raw request over a new TCP connection with `Connection: close` semantics.
+pub fn raw_get(port: u16, target: &str, extra_headers: &[(&str, &str)]) -> RawResponse {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let mut req =
+        format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (n, v) in extra_headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    raw_request(&mut s, &req)
+}
+
+fn parse_response(buf: &[u8]) -> Option<RawResponse> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body_start = end + 4;
+    let len = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        decode_chunked(&buf[body_start..])?
+    } else {
+        let len = len.unwrap_or(0);
+        if buf.len() < body_start + len {
+            return None;
+        }
+        buf[body_start..body_start + len].to_vec()
+    };
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn decode_chunked(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).ok()?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        if b.len() < size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+/// A self-signed certificate for `localhost` / 127.0.0.1 written as PEM files in `dir`.
+pub struct TestCert {
+    /// Certificate path.
+    pub cert: PathBuf,
+    /// Key path.
+    pub key: PathBuf,
+    /// Certificate PEM text.
+    pub pem: String,
+}
+
+/// Generates a [`TestCert`] named `name` in `dir`.
+pub fn test_cert(dir: &Path, name: &str) -> TestCert {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("rcgen");
+    let cert = dir.join(format!("{name}-cert.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    let pem = c.cert.pem();
+    std::fs::write(&cert, &pem).expect("write cert");
+    std::fs::write(&key, c.key_pair.serialize_pem()).expect("write key");
+    TestCert { cert, key, pem }
+}
+
+/// The JSON echo of the demo upstream for a GET through the gateway.
+pub fn echo(url: &str) -> Value {
+    let resp = client().get(url).send().expect("request");
+    assert_eq!(resp.status().as_u16(), 200, "GET {url}");
+    resp.json().expect("json echo")
+}
+
+/// A temporary directory for one test.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("portcullis-e2e-")
+        .tempdir()
+        .expect("tempdir")
+}

@@ -1,0 +1,33 @@
+# Portcullis — two commands: `make run` and `make test`.
+CARGO ?= cargo
+
+.PHONY: run test build deps lint fmt clean
+
+## Install missing build tools (cmake, a C compiler, curl) where possible.
+deps:
+	@scripts/install-deps.sh
+
+## Build every binary of the workspace.
+build: deps
+	$(CARGO) build --workspace --bins
+
+## Start the demo upstream and the gateway on 127.0.0.1 (Ctrl-C stops both).
+run: build
+	@scripts/run.sh
+
+## Unit tests, then end-to-end tests that start the real binaries on loopback.
+test: build
+	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test -p portcullis-tests -- --test-threads=2
+
+## Formatting and lints, as required before every commit.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf data
