@@ -11,18 +11,20 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{ArgGroup, Parser};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{json, Map, Value};
@@ -84,6 +86,7 @@ struct App {
     unhealthy_file: Option<PathBuf>,
 }
 
+/// Which listener a connection arrived on; echoed as "listener".
 #[derive(Clone, Copy)]
 enum Kind {
     Tcp,
@@ -270,7 +273,19 @@ where
     let name = app.name.clone();
     let service = service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(handle(req, kind, &app).await) }
+        async move {
+            let is_head = req.method() == Method::HEAD;
+            let mut resp = handle(req, kind, &app).await;
+            // hyper's h2 server would send the body even for HEAD, which
+            // clients reject as a protocol error; send just the length.
+            if is_head {
+                if let Some(data) = resp.body_mut().data.take() {
+                    resp.headers_mut()
+                        .insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+                }
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     // The auto builder sniffs the h2 preface, which covers h2c on plain
     // listeners and ALPN-negotiated h2 on TLS alike.
@@ -285,7 +300,7 @@ where
     }
 }
 
-async fn handle(req: Request<Incoming>, kind: Kind, app: &App) -> Response<Full<Bytes>> {
+async fn handle(req: Request<Incoming>, kind: Kind, app: &App) -> Response<JsonBody> {
     if req.uri().path() == "/healthz" {
         let unhealthy = match &app.unhealthy_file {
             Some(path) => tokio::fs::try_exists(path).await.unwrap_or(false),
@@ -299,12 +314,14 @@ async fn handle(req: Request<Incoming>, kind: Kind, app: &App) -> Response<Full<
         return reply(app, status, &json!({"status": word, "server": app.name}));
     }
 
-    let (parts, body) = req.into_parts();
-    let body_bytes = match count_body(body).await {
+    let (parts, mut body) = req.into_parts();
+    let body_bytes = match count_body(&mut body).await {
         Ok(n) => n,
         Err((status, error)) => {
             eprintln!("{BIN} {}: {error}", app.name);
-            return reply(app, status, &json!({"server": app.name, "error": error}));
+            let mut resp = reply(app, status, &json!({"server": app.name, "error": error}));
+            resp.body_mut().unread = Some(body);
+            return resp;
         }
     };
 
@@ -356,7 +373,7 @@ async fn handle(req: Request<Incoming>, kind: Kind, app: &App) -> Response<Full<
 }
 
 /// Counts the body without buffering it; the echo only reports its size.
-async fn count_body(mut body: Incoming) -> Result<usize, (StatusCode, String)> {
+async fn count_body(body: &mut Incoming) -> Result<usize, (StatusCode, String)> {
     let too_large = || {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -385,13 +402,48 @@ async fn count_body(mut body: Incoming) -> Result<usize, (StatusCode, String)> {
     Ok(total)
 }
 
-fn reply(app: &App, status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+fn reply(app: &App, status: StatusCode, body: &Value) -> Response<JsonBody> {
     let mut body = body.to_string();
     body.push('\n');
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(JsonBody {
+        data: Some(Bytes::from(body)),
+        unread: None,
+    });
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert("x-demo-server", app.name_header.clone());
     resp
+}
+
+/// A one-chunk response body that can also own the unread rest of the
+/// request body.
+///
+/// Dropping an unfinished h2 request body before the response is sent makes
+/// h2 reset the stream with CANCEL, so the client never sees an early 413.
+/// Keeping it alive until the response is complete yields the RFC 9113
+/// §8.1 behaviour instead: full response, then RST_STREAM(NO_ERROR).
+struct JsonBody {
+    data: Option<Bytes>,
+    unread: Option<Incoming>,
+}
+
+impl Body for JsonBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.data.take().map(|data| Ok(Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
 }

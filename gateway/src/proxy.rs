@@ -559,15 +559,17 @@ impl ProxyHttp for Gateway {
             },
         };
         if code > 0 && session.response_written().is_none() {
+            // Fixed texts: error contexts name internal peers and must not reach clients.
             let description = match code {
                 502 => "the upstream could not be reached or answered badly".to_string(),
                 504 => "the upstream did not answer in time".to_string(),
+                503 => "no healthy backend can take this request".to_string(),
+                413 => match ctx.route.as_ref().and_then(|r| r.max_body_size) {
+                    Some(max) => format!("request body larger than {max} bytes"),
+                    None => "request body too large".to_string(),
+                },
                 400 => "malformed request".to_string(),
-                _ => e
-                    .context
-                    .as_ref()
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "request failed".into()),
+                _ => "the request could not be completed".to_string(),
             };
             if let Err(err) = self
                 .respond_error(session, ctx, code, &description, &[])

@@ -715,6 +715,11 @@ fn compile_upstream(
         }
     }
     let tls = v.tls.as_ref().map(|t| &t.value);
+    // Pingora pools upstream connections by peer hash, which ignores the CA: without a
+    // per-group key, a connection verified against one group's CA could serve another group
+    // (or survive a reload that changed the CA). Hash the group's trust settings into it.
+    let mut pool_key = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&name, &mut pool_key);
     let ca = match tls.and_then(|t| t.ca_file.as_ref()) {
         None => None,
         Some(ca) => {
@@ -723,6 +728,7 @@ fn compile_upstream(
                 src.at(ca)
                     .err(format!("{key}.tls.ca_file: {}: {e}", p.display()))
             })?;
+            std::hash::Hash::hash(&ders, &mut pool_key);
             let certs: Vec<pingora::utils::tls::WrappedX509> = ders
                 .into_iter()
                 .map(|d| pingora::utils::tls::WrappedX509::new(d, pingora::utils::tls::parse_x509))
@@ -731,6 +737,8 @@ fn compile_upstream(
         }
     };
     let verify = tls.and_then(|t| t.verify).unwrap_or(true);
+    std::hash::Hash::hash(&verify, &mut pool_key);
+    let pool_key = std::hash::Hasher::finish(&pool_key);
     let mut backends = Vec::new();
     let mut seen = Vec::new();
     for b in &v.backends {
@@ -759,6 +767,7 @@ fn compile_upstream(
                     .map_err(|e| src.at(b).err(format!("{key}.backends: {e}")))?
             }
         };
+        peer.group_key = pool_key;
         peer.options.connection_timeout = Some(connect);
         peer.options.read_timeout = Some(read);
         peer.options.write_timeout = Some(write);
