@@ -17,8 +17,7 @@ run: build
 
 ## Unit tests, then end-to-end tests that start the real binaries on loopback.
 test: build
-	$(CARGO) test --workspace --lib --bins
-	$(CARGO) test -p portcullis-tests -- --test-threads=2
+	@CARGO=$(CARGO) scripts/test.sh
 
 ## Formatting and lints, as required before every commit.
 lint:

@@ -208,31 +208,45 @@ pub struct HeaderOpsFile {
     pub remove: Vec<Spanned<String>>,
 }
 
-/// A duration written as `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationValue(pub std::time::Duration);
+/// A duration as written (`250ms`, `5s`, `2m`, `1h`, or a bare number of seconds); parsed by
+/// the compiler so that errors can name the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurationValue(pub String);
+
+/// A byte size as written (`512`, `64k`, `10m`, `1g`); parsed by the compiler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizeValue(pub String);
+
+/// Accepts a YAML integer or string and keeps its text.
+struct ScalarText(&'static str);
+
+impl Visitor<'_> for ScalarText {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.0)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}
 
 impl<'de> Deserialize<'de> for DurationValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = DurationValue;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration such as 250ms, 5s, 2m or 1h")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(DurationValue(std::time::Duration::from_secs(v)))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                u64::try_from(v)
-                    .map(|v| DurationValue(std::time::Duration::from_secs(v)))
-                    .map_err(|_| E::custom("a duration cannot be negative"))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                parse_duration(v).map(DurationValue).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
+        d.deserialize_any(ScalarText("a duration such as 250ms, 5s, 2m or 1h"))
+            .map(DurationValue)
+    }
+}
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarText("a size such as 512, 64k, 10m or 1g"))
+            .map(SizeValue)
     }
 }
 
@@ -257,34 +271,6 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
     .ok_or_else(|| format!("duration {s:?} is too large"))?;
     Ok(std::time::Duration::from_millis(ms))
-}
-
-/// A byte size written as `512`, `64k`, `10m` or `1g` (nginx units, powers of 1024).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SizeValue(pub u64);
-
-impl<'de> Deserialize<'de> for SizeValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = SizeValue;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a size such as 512, 64k, 10m or 1g")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(SizeValue(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                u64::try_from(v)
-                    .map(SizeValue)
-                    .map_err(|_| E::custom("a size cannot be negative"))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                parse_size(v).map(SizeValue).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 /// Parses `512`, `64k`, `10m`, `1g` (case-insensitive, powers of 1024).

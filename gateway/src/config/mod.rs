@@ -241,6 +241,9 @@ fn read_yaml<T: serde::de::DeserializeOwned + Default>(
             if let Some(idx) = message.find(": ").filter(|_| message.starts_with("line ")) {
                 message = message[idx + 2..].to_string();
             }
+            if let Some(idx) = message.rfind(" at line ") {
+                message.truncate(idx);
+            }
             match e.location() {
                 Some(l) => ConfigError::At {
                     file: name.to_string(),
@@ -292,8 +295,19 @@ pub fn load(path: &Path, carry: &StateCarry) -> Result<GatewayConfig, ConfigErro
     Ok(cfg)
 }
 
-fn dur(v: &Option<Spanned<DurationValue>>, default: Duration) -> Duration {
-    v.as_ref().map(|d| d.value.0).unwrap_or(default)
+/// Parses an optional duration, naming `key` and its line on error.
+fn dur(
+    src: &Source,
+    v: &Option<Spanned<DurationValue>>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(d) => {
+            file::parse_duration(&d.value.0).map_err(|e| src.at(d).err(format!("{key}: {e}")))
+        }
+    }
 }
 
 fn compile(
@@ -499,11 +513,19 @@ fn compile_server(src: &Source, main: &MainFile) -> Result<ServerSettings, Confi
             .upgrade_sock
             .clone()
             .unwrap_or_else(|| "/tmp/portcullis-gateway-upgrade.sock".into()),
-        grace_period_seconds: dur(&s.grace_period, Duration::from_secs(5)).as_secs(),
-        graceful_shutdown_timeout_seconds: dur(
-            &s.graceful_shutdown_timeout,
+        grace_period_seconds: dur(
+            src,
+            &s.grace_period,
+            "server.grace_period",
             Duration::from_secs(5),
-        )
+        )?
+        .as_secs(),
+        graceful_shutdown_timeout_seconds: dur(
+            src,
+            &s.graceful_shutdown_timeout,
+            "server.graceful_shutdown_timeout",
+            Duration::from_secs(5),
+        )?
         .as_secs(),
         upstream_keepalive_pool: s.upstream_keepalive_pool.unwrap_or(128),
     })
@@ -697,17 +719,37 @@ fn compile_upstream(
             .err(format!("{key}.backends: at least one backend is required")));
     }
     let t = &v.timeouts;
-    let connect = dur(&t.connect, Duration::from_secs(5));
-    let read = dur(&t.read, Duration::from_secs(60));
-    let write = dur(&t.write, Duration::from_secs(60));
-    let idle = dur(&t.idle, Duration::from_secs(60));
-    for (k, d) in [
-        ("connect", &t.connect),
-        ("read", &t.read),
-        ("write", &t.write),
+    let connect = dur(
+        src,
+        &t.connect,
+        &format!("{key}.timeouts.connect"),
+        Duration::from_secs(5),
+    )?;
+    let read = dur(
+        src,
+        &t.read,
+        &format!("{key}.timeouts.read"),
+        Duration::from_secs(60),
+    )?;
+    let write = dur(
+        src,
+        &t.write,
+        &format!("{key}.timeouts.write"),
+        Duration::from_secs(60),
+    )?;
+    let idle = dur(
+        src,
+        &t.idle,
+        &format!("{key}.timeouts.idle"),
+        Duration::from_secs(60),
+    )?;
+    for (k, d, value) in [
+        ("connect", &t.connect, connect),
+        ("read", &t.read, read),
+        ("write", &t.write, write),
     ] {
         if let Some(d) = d {
-            if d.value.0.is_zero() {
+            if value.is_zero() {
                 return Err(src
                     .at(d)
                     .err(format!("{key}.timeouts.{k}: must be greater than zero")));
@@ -822,7 +864,12 @@ fn compile_upstream(
                     )));
                 }
             };
-            let interval = dur(&hv.interval, Duration::from_secs(5));
+            let interval = dur(
+                src,
+                &hv.interval,
+                &format!("{key}.health_check.interval"),
+                Duration::from_secs(5),
+            )?;
             if interval < Duration::from_millis(100) {
                 return Err(src.at(h).err(format!(
                     "{key}.health_check.interval: must be at least 100ms"
@@ -831,7 +878,12 @@ fn compile_upstream(
             Some(HealthCheck {
                 kind,
                 interval,
-                timeout: dur(&hv.timeout, Duration::from_secs(1)),
+                timeout: dur(
+                    src,
+                    &hv.timeout,
+                    &format!("{key}.health_check.timeout"),
+                    Duration::from_secs(1),
+                )?,
                 healthy_threshold: hv.healthy_threshold.unwrap_or(1).max(1),
                 unhealthy_threshold: hv.unhealthy_threshold.unwrap_or(1).max(1),
             })
@@ -842,7 +894,12 @@ fn compile_upstream(
         backends,
         v.retries.unwrap_or(1),
         v.max_fails.unwrap_or(1),
-        dur(&v.fail_timeout, Duration::from_secs(10)),
+        dur(
+            src,
+            &v.fail_timeout,
+            &format!("{key}.fail_timeout"),
+            Duration::from_secs(10),
+        )?,
         health_check,
     ))
 }
@@ -1081,7 +1138,13 @@ fn compile_route(
             Some(identity),
         )?,
         response_headers: compile_header_ops(src, &v.response_headers, "response_headers", None)?,
-        max_body_size: v.max_body_size.as_ref().map(|s| s.value.0),
+        max_body_size: match &v.max_body_size {
+            None => None,
+            Some(m) => Some(
+                file::parse_size(&m.value.0)
+                    .map_err(|e| src.at(m).err(format!("max_body_size: {e}")))?,
+            ),
+        },
     })
 }
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# `make test`: unit tests of every crate, then the end-to-end suites (real processes on
+# loopback). Ends with one summary line: "tests: N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+cargo=${CARGO:-cargo}
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+status=0
+$cargo test --workspace --lib --bins 2>&1 | tee -a "$log" || status=1
+$cargo test -p portcullis-tests --tests -- --test-threads=2 2>&1 | tee -a "$log" || status=1
+
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '^test result: .*; ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+  failed=1   # a build error or crash counts as a failure even without a test line
+fi
+echo
+echo "tests: $passed passed, $failed failed"
+exit $status
