@@ -37,8 +37,12 @@ pub struct Entry<'a> {
     pub duration: Duration,
     /// Request id.
     pub request_id: &'a str,
-    /// Auth outcome (`public`, `anonymous`, `denied`, …).
+    /// Auth outcome (`public`, `anonymous`, `ok`, `denied`).
     pub auth: &'a str,
+    /// Why auth failed, `-` otherwise.
+    pub auth_reason: &'a str,
+    /// Verified subject, `-` if none (never the token).
+    pub subject: &'a str,
 }
 
 impl Entry<'_> {
@@ -53,8 +57,9 @@ impl Entry<'_> {
                     ))
                     .unwrap_or_default();
                 format!(
-                    "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" route={} upstream={} rt={:.3} auth={} rid={}",
+                    "{} - {} [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" route={} upstream={} rt={:.3} auth={} reason={} rid={}",
                     self.client,
+                    escape(self.subject),
                     ts,
                     self.method,
                     escape(self.uri),
@@ -67,6 +72,7 @@ impl Entry<'_> {
                     self.upstream,
                     self.duration.as_secs_f64(),
                     self.auth,
+                    self.auth_reason,
                     self.request_id
                 )
             }
@@ -84,6 +90,8 @@ impl Entry<'_> {
                 "upstream": self.upstream,
                 "duration_ms": self.duration.as_secs_f64() * 1000.0,
                 "auth": self.auth,
+                "auth_reason": self.auth_reason,
+                "subject": self.subject,
                 "request_id": self.request_id,
             })
             .to_string(),

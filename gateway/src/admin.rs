@@ -36,7 +36,19 @@ impl AdminApp {
                 )
             })
             .collect();
-        let ready = self.ready.load(Ordering::Relaxed);
+        let issuers: serde_json::Map<String, serde_json::Value> = cfg
+            .verifier
+            .issuers()
+            .map(|i| {
+                (
+                    i.name.clone(),
+                    json!({"keys": i.keys.is_ready(), "required": i.required}),
+                )
+            })
+            .collect();
+        // Not ready until every required issuer has keys: a load balancer should not send
+        // traffic that would all be refused.
+        let ready = self.ready.load(Ordering::Relaxed) && cfg.verifier.ready();
         let status = if ready {
             StatusCode::OK
         } else {
@@ -44,7 +56,7 @@ impl AdminApp {
         };
         (
             status,
-            json!({"status": if ready { "ready" } else { "not_ready" }, "routes": cfg.router.routes().len(), "upstreams": upstreams}),
+            json!({"status": if ready { "ready" } else { "not_ready" }, "routes": cfg.router.routes().len(), "upstreams": upstreams, "issuers": issuers}),
         )
     }
 }

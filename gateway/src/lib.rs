@@ -3,13 +3,19 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod headers;
 pub mod health;
+pub mod jwks;
+pub mod key_refresh;
 pub mod metrics;
 pub mod path;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod routes;
 pub mod server;
+pub mod token;
 pub mod upstream;
+pub mod verify;

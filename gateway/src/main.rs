@@ -12,7 +12,6 @@ use portcullis_gateway::config;
 use portcullis_gateway::metrics::Metrics;
 use portcullis_gateway::reload::{self, LiveConfig};
 use portcullis_gateway::server::{self, ProcessFlags};
-use portcullis_gateway::upstream::StateCarry;
 
 /// Portcullis gateway: an authenticating reverse proxy built on Pingora.
 #[derive(Parser, Debug)]
@@ -46,7 +45,7 @@ fn main() -> ExitCode {
         .init();
 
     if cli.test {
-        return match config::load(&cli.config, &StateCarry::default()) {
+        return match config::load(&cli.config, &config::Carry::default()) {
             Ok(cfg) => {
                 println!(
                     "portcullis-gateway: the configuration file {} syntax is ok ({} files, {} routes, {} upstreams)",
@@ -82,7 +81,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg = config::load(&cli.config, &StateCarry::default())?;
+    let cfg = config::load(&cli.config, &config::Carry::default())?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let access_log =
         AccessLog::start(cfg.access_log.path.clone()).context("opening the access log")?;

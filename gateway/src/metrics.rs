@@ -22,6 +22,16 @@ pub struct Metrics {
     pub backend_up: IntGaugeVec,
     /// Access log lines dropped because the writer could not keep up.
     pub access_log_dropped: IntCounter,
+    /// Authentication outcomes (`public`, `anonymous`, `ok`, `denied`) by reason.
+    pub auth: IntCounterVec,
+    /// Verified-token cache lookups by result (`hit`, `miss`).
+    pub token_cache: IntCounterVec,
+    /// JWKS fetches by issuer and result.
+    pub jwks_fetches: IntGaugeVec,
+    /// Seconds since each issuer's last successful JWKS fetch (-1: never).
+    pub jwks_age: IntGaugeVec,
+    /// Keys held per issuer.
+    pub jwks_keys: IntGaugeVec,
 }
 
 impl Metrics {
@@ -78,6 +88,40 @@ impl Metrics {
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(backend_up.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        let auth = IntCounterVec::new(
+            Opts::new("portcullis_auth_total", "Authentication outcomes by reason"),
+            &["outcome", "reason"],
+        )?;
+        let token_cache = IntCounterVec::new(
+            Opts::new(
+                "portcullis_token_cache_total",
+                "Verified-token cache lookups",
+            ),
+            &["result"],
+        )?;
+        let jwks_fetches = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_jwks_fetches_total",
+                "JWKS fetches by issuer and result",
+            ),
+            &["issuer", "result"],
+        )?;
+        let jwks_age = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_jwks_age_seconds",
+                "Seconds since the last successful JWKS fetch (-1: never)",
+            ),
+            &["issuer"],
+        )?;
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new("portcullis_jwks_keys", "Keys held per issuer"),
+            &["issuer"],
+        )?;
+        registry.register(Box::new(auth.clone()))?;
+        registry.register(Box::new(token_cache.clone()))?;
+        registry.register(Box::new(jwks_fetches.clone()))?;
+        registry.register(Box::new(jwks_age.clone()))?;
+        registry.register(Box::new(jwks_keys.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -87,6 +131,11 @@ impl Metrics {
             reloads,
             backend_up,
             access_log_dropped,
+            auth,
+            token_cache,
+            jwks_fetches,
+            jwks_age,
+            jwks_keys,
         })
     }
 
@@ -96,5 +145,13 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metrics; an empty page is the fallback.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
+    }
+}
+
+impl crate::verify::VerifyObserver for Metrics {
+    fn cache(&self, hit: bool) {
+        self.token_cache
+            .with_label_values(&[if hit { "hit" } else { "miss" }])
+            .inc();
     }
 }

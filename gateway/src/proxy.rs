@@ -19,11 +19,14 @@ use pingora::{ErrorSource, ErrorType};
 use serde_json::json;
 
 use crate::access_log::Entry;
+use crate::auth::{self, Identity, Outcome};
 use crate::config::GatewayConfig;
 use crate::headers::{acceptable_request_id, new_request_id, ClientInfo};
 use crate::path;
+use crate::policy::RoutePolicy;
 use crate::reload::LiveConfig;
 use crate::routes::{Action, AuthMode, HostHeader, Route, RouteMatch};
+use crate::token;
 use crate::upstream::BackendAddress;
 
 /// The gateway's proxy logic.
@@ -56,12 +59,18 @@ pub struct RequestCtx {
     /// Status of a response the gateway wrote itself.
     status: u16,
     auth: &'static str,
+    /// Why auth failed (metrics label), `-` otherwise.
+    auth_reason: &'static str,
+    identity: Option<Identity>,
     counted: bool,
 }
 
 /// Builds a JSON error body in the shape the issuer also uses.
-fn error_body(code: &str, description: &str) -> Bytes {
-    Bytes::from(json!({"error": code, "error_description": description}).to_string())
+fn error_body(code: &str, description: &str, request_id: &str) -> Bytes {
+    Bytes::from(
+        json!({"error": code, "error_description": description, "request_id": request_id})
+            .to_string(),
+    )
 }
 
 fn status_error_code(status: u16) -> &'static str {
@@ -81,6 +90,176 @@ fn status_error_code(status: u16) -> &'static str {
 }
 
 impl Gateway {
+    /// Runs authentication for the route; answers rejections itself. Returns whether the
+    /// request may continue.
+    async fn authenticate(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+    ) -> Result<bool> {
+        let cfg = ctx.config.clone();
+        let outcome = auth::authenticate(
+            session.req_header(),
+            route.auth,
+            &route.policy,
+            &cfg.verifier,
+            &*self.live.metrics,
+        )
+        .await;
+        let metrics = &self.live.metrics;
+        match outcome {
+            Outcome::Public => ctx.auth = "public",
+            Outcome::Anonymous => ctx.auth = "anonymous",
+            Outcome::Allowed(identity) => {
+                ctx.auth = "ok";
+                ctx.identity = Some(identity);
+            }
+            Outcome::Rejected(r) => {
+                ctx.auth = "denied";
+                ctx.auth_reason = r.reason;
+                metrics.auth.with_label_values(&["denied", r.reason]).inc();
+                let challenge = r.www_authenticate(&cfg.auth.realm);
+                let extra = if r.status == 400 {
+                    Vec::new()
+                } else {
+                    vec![(header::WWW_AUTHENTICATE, challenge)]
+                };
+                let body = error_body(
+                    r.error.unwrap_or("unauthorized"),
+                    r.description,
+                    &ctx.request_id,
+                );
+                self.respond(session, ctx, r.status, "application/json", body, &extra)
+                    .await?;
+                return Ok(false);
+            }
+        }
+        metrics.auth.with_label_values(&[ctx.auth, "-"]).inc();
+        Ok(true)
+    }
+
+    /// `auth_request` compatibility: answers 200 with the identity headers, or 401/403.
+    /// The policy is that of the route `X-Original-URI` (and `X-Original-Method`,
+    /// `X-Original-Host`) would match; without those headers, any trusted token passes.
+    async fn verify_endpoint(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        host: &str,
+    ) -> Result<()> {
+        let cfg = ctx.config.clone();
+        let req = session.req_header();
+        let text = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+        let default_policy = RoutePolicy::default();
+        let (mode, policy) = match text("x-original-uri") {
+            None => (AuthMode::Required, &default_policy),
+            Some(uri) => {
+                let path = uri.split('?').next().unwrap_or(uri);
+                let method = text("x-original-method")
+                    .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+                    .unwrap_or(Method::GET);
+                let orig_host =
+                    strip_port(text("x-original-host").unwrap_or(host)).to_ascii_lowercase();
+                let route = path::normalize(path).ok().and_then(|p| {
+                    match cfg.router.lookup(&orig_host, &p, &method) {
+                        RouteMatch::Found(r) => Some(r.clone()),
+                        _ => None,
+                    }
+                });
+                match route {
+                    Some(r) => {
+                        ctx.route = Some(r);
+                        let r = ctx.route.as_ref().map(|r| (r.auth, &r.policy));
+                        match r {
+                            Some((mode, policy)) => (mode, policy),
+                            None => (AuthMode::Required, &default_policy),
+                        }
+                    }
+                    None => {
+                        ctx.auth = "denied";
+                        ctx.auth_reason = "no_route";
+                        self.respond_error(
+                            session,
+                            ctx,
+                            403,
+                            "no route matches the original request",
+                            &[],
+                        )
+                        .await?;
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let policy = policy.clone();
+        let outcome = auth::authenticate(
+            session.req_header(),
+            mode,
+            &policy,
+            &cfg.verifier,
+            &*self.live.metrics,
+        )
+        .await;
+        // The verify answer must not carry a route's response-header edits.
+        ctx.route = None;
+        match outcome {
+            Outcome::Rejected(r) => {
+                ctx.auth = "denied";
+                ctx.auth_reason = r.reason;
+                self.live
+                    .metrics
+                    .auth
+                    .with_label_values(&["denied", r.reason])
+                    .inc();
+                let extra = if r.status == 400 {
+                    Vec::new()
+                } else {
+                    vec![(
+                        header::WWW_AUTHENTICATE,
+                        r.www_authenticate(&cfg.auth.realm),
+                    )]
+                };
+                let body = error_body(
+                    r.error.unwrap_or("unauthorized"),
+                    r.description,
+                    &ctx.request_id,
+                );
+                self.respond(session, ctx, r.status, "application/json", body, &extra)
+                    .await
+            }
+            other => {
+                let mut extra: Vec<(header::HeaderName, HeaderValue)> = Vec::new();
+                ctx.auth = match other {
+                    Outcome::Allowed(identity) => {
+                        extra.extend(
+                            identity
+                                .headers(&cfg.identity_names)
+                                .map(|(n, v)| (n.clone(), v.clone())),
+                        );
+                        "ok"
+                    }
+                    Outcome::Public => "public",
+                    _ => "anonymous",
+                };
+                self.live
+                    .metrics
+                    .auth
+                    .with_label_values(&[ctx.auth, "-"])
+                    .inc();
+                self.respond(
+                    session,
+                    ctx,
+                    200,
+                    "application/json",
+                    Bytes::from_static(b"{\"status\":\"ok\"}"),
+                    &extra,
+                )
+                .await
+            }
+        }
+    }
+
     /// Writes a complete response the gateway produced itself.
     async fn respond(
         &self,
@@ -119,7 +298,7 @@ impl Gateway {
         description: &str,
         extra: &[(header::HeaderName, HeaderValue)],
     ) -> Result<()> {
-        let body = error_body(status_error_code(status), description);
+        let body = error_body(status_error_code(status), description, &ctx.request_id);
         self.respond(session, ctx, status, "application/json", body, extra)
             .await
     }
@@ -199,6 +378,8 @@ impl ProxyHttp for Gateway {
             body_bytes: 0,
             status: 0,
             auth: "-",
+            auth_reason: "-",
+            identity: None,
             counted: false,
         }
     }
@@ -241,6 +422,10 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
+        if cfg.auth.verify_path.as_deref() == Some(normalised.as_str()) {
+            self.verify_endpoint(session, ctx, &host).await?;
+            return Ok(true);
+        }
         let method = req.method.clone();
         let lookup_host = strip_port(&host).to_ascii_lowercase();
         let route = match cfg.router.lookup(&lookup_host, &normalised, &method) {
@@ -288,40 +473,9 @@ impl ProxyHttp for Gateway {
             }
         }
 
-        match route.auth {
-            AuthMode::Public => ctx.auth = "public",
-            AuthMode::Optional => ctx.auth = "anonymous",
-            AuthMode::Required => {
-                // No token verifier is configured in this build: fail closed, never open.
-                ctx.auth = "denied";
-                let has_token = session
-                    .req_header()
-                    .headers
-                    .contains_key(header::AUTHORIZATION);
-                let (challenge, why) = if has_token {
-                    (
-                        r#"Bearer realm="portcullis", error="invalid_token", error_description="no trusted issuer can verify this token""#,
-                        "no trusted issuer can verify this token",
-                    )
-                } else {
-                    (
-                        r#"Bearer realm="portcullis""#,
-                        "this route requires a bearer token",
-                    )
-                };
-                self.respond_error(
-                    session,
-                    ctx,
-                    401,
-                    why,
-                    &[(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static(challenge),
-                    )],
-                )
-                .await?;
-                return Ok(true);
-            }
+        match self.authenticate(session, ctx, &route).await? {
+            true => {}
+            false => return Ok(true),
         }
 
         match &route.action {
@@ -345,8 +499,19 @@ impl ProxyHttp for Gateway {
             Action::Proxy(_) => {
                 let mut uri = route.rewrite.apply(&normalised);
                 if let Some(q) = session.req_header().uri.query() {
-                    uri.push('?');
-                    uri.push_str(q);
+                    // A token sent as a query parameter never travels further.
+                    let kept = match &route.policy.sources.query {
+                        Some(name) if route.auth != AuthMode::Public => {
+                            token::strip_query_param(q, name)
+                        }
+                        _ => q.to_string(),
+                    };
+                    // An empty query stays as sent (`?`); one emptied by the strip goes.
+                    if !kept.is_empty() || q.is_empty() {
+                        let q = kept;
+                        uri.push('?');
+                        uri.push_str(&q);
+                    }
                 }
                 ctx.forward_uri = uri;
                 Ok(false)
@@ -500,6 +665,14 @@ impl ProxyHttp for Gateway {
             ctx.config.request_id_header.clone(),
             ctx.request_id.as_str(),
         )?;
+        if route.auth != AuthMode::Public && !route.policy.forward_token {
+            upstream.remove_header(&header::AUTHORIZATION);
+        }
+        if let Some(identity) = &ctx.identity {
+            for (name, value) in identity.headers(&ctx.config.identity_names) {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+        }
         if !route.request_headers.is_empty() {
             route.request_headers.apply_request(upstream)?;
         }
@@ -644,6 +817,12 @@ impl ProxyHttp for Gateway {
                 &ctx.request_id
             },
             auth: ctx.auth,
+            auth_reason: ctx.auth_reason,
+            subject: ctx
+                .identity
+                .as_ref()
+                .and_then(|i| i.token.subject())
+                .unwrap_or("-"),
         }
         .render(cfg.access_log.format);
         if !self.live.access_log.write(line) {

@@ -10,9 +10,8 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
-use crate::config::{self, ConfigError, GatewayConfig};
+use crate::config::{self, Carry, ConfigError, GatewayConfig};
 use crate::metrics::Metrics;
-use crate::upstream::StateCarry;
 
 /// The running configuration plus what outlives any one generation of it.
 pub struct LiveConfig {
@@ -52,7 +51,7 @@ impl LiveConfig {
         // Serialise reloads (SIGHUP and --watch may race); never taken on the request path.
         let _guard = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
-        let carry = StateCarry::from_groups(old.upstreams.values());
+        let carry = Carry::from_config(&old);
         match config::load(&self.path, &carry) {
             Ok(new) => {
                 if new.listeners != old.listeners

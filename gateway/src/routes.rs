@@ -16,6 +16,7 @@ use http::{HeaderValue, Method};
 use regex::Regex;
 
 use crate::headers::HeaderOps;
+use crate::policy::RoutePolicy;
 use crate::upstream::UpstreamGroup;
 
 /// Whether a route needs a verified token.
@@ -155,6 +156,8 @@ pub struct Route {
     pub response_headers: HeaderOps,
     /// Maximum request body in bytes (413 above).
     pub max_body_size: Option<u64>,
+    /// Token rules (issuers, audiences, scopes, roles, claims, sources).
+    pub policy: RoutePolicy,
 }
 
 /// Outcome of routing one request.
@@ -318,6 +321,7 @@ mod tests {
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
             max_body_size: None,
+            policy: RoutePolicy::default(),
         })
     }
 

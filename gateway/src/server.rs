@@ -16,6 +16,7 @@ use thiserror::Error;
 use crate::admin::AdminApp;
 use crate::config::{ListenerSpec, TlsSpec};
 use crate::health::HealthChecker;
+use crate::key_refresh::KeyRefresher;
 use crate::proxy::Gateway;
 use crate::reload::LiveConfig;
 
@@ -151,7 +152,13 @@ pub fn build(live: Arc<LiveConfig>, flags: ProcessFlags) -> Result<Server, Serve
     server
         .add_service(background_service(
             "portcullis-health",
-            HealthChecker::new(live, ready),
+            HealthChecker::new(live.clone(), ready),
+        ))
+        .add_dependency(&bootstrap);
+    server
+        .add_service(background_service(
+            "portcullis-jwks",
+            KeyRefresher::new(live),
         ))
         .add_dependency(&bootstrap);
     Ok(server)

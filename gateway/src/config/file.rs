@@ -33,6 +33,70 @@ pub struct MainFile {
     pub routes: Vec<Spanned<RouteFile>>,
     #[serde(default)]
     pub include: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub issuers: Vec<Spanned<IssuerFile>>,
+    #[serde(default)]
+    pub auth: AuthSettingsFile,
+}
+
+/// A trusted token issuer and where its keys come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFile {
+    /// Label for routes, metrics and logs.
+    pub name: Spanned<String>,
+    /// The exact `iss` value of its tokens.
+    pub issuer: Spanned<String>,
+    /// `http(s)://…` or `unix:/path.sock:/jwks/path`.
+    pub jwks_url: Option<Spanned<String>>,
+    /// Find `jwks_uri` through OIDC discovery from `issuer`.
+    #[serde(default)]
+    pub discovery: bool,
+    /// A local JWKS or PEM public key file.
+    pub key_file: Option<Spanned<String>>,
+    /// A file holding an HMAC secret (HS256/384/512).
+    pub hmac_secret_file: Option<Spanned<String>>,
+    /// Allowed algorithms.
+    pub algorithms: Option<Vec<Spanned<String>>>,
+    /// Default audiences; a token must name one of them.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Clock skew allowance.
+    pub leeway: Option<Spanned<DurationValue>>,
+    /// Accepted `typ` header values; `[]` turns the check off.
+    pub typ: Option<Vec<String>>,
+    /// Readiness waits for this issuer's keys (default true).
+    pub required: Option<bool>,
+    #[serde(default)]
+    pub refresh: RefreshFile,
+}
+
+/// JWKS refresh bounds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshFile {
+    pub min: Option<Spanned<DurationValue>>,
+    pub max: Option<Spanned<DurationValue>>,
+    pub default: Option<Spanned<DurationValue>>,
+    pub retry: Option<Spanned<DurationValue>>,
+    pub unknown_kid_cooldown: Option<Spanned<DurationValue>>,
+    pub negative_kid_ttl: Option<Spanned<DurationValue>>,
+    pub max_stale: Option<Spanned<DurationValue>>,
+    pub timeout: Option<Spanned<DurationValue>>,
+    pub max_size: Option<Spanned<SizeValue>>,
+}
+
+/// Process-wide token verification settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettingsFile {
+    pub max_token_size: Option<Spanned<SizeValue>>,
+    pub cache_entries: Option<u64>,
+    pub realm: Option<Spanned<String>>,
+    pub verify_path: Option<Spanned<String>>,
+    /// Exit at start when a required issuer's keys cannot be fetched (default: start, and
+    /// keep `/readyz` failing until they arrive; their routes answer 401 meanwhile).
+    pub require_keys_at_start: Option<bool>,
 }
 
 /// A file pulled in by `include:` (usually `conf.d/*.yaml`): routes and upstreams only.
@@ -167,6 +231,68 @@ pub struct RouteFile {
     #[serde(default)]
     pub response_headers: HeaderOpsFile,
     pub max_body_size: Option<Spanned<SizeValue>>,
+    /// Issuer names accepted on this route (default: all).
+    #[serde(default)]
+    pub issuers: Vec<Spanned<String>>,
+    /// Audiences (replace the issuer's defaults).
+    pub audiences: Option<Vec<String>>,
+    pub scopes: Option<Spanned<RequirementFile>>,
+    pub roles: Option<Spanned<RequirementFile>>,
+    #[serde(default)]
+    pub claims: Vec<Spanned<ClaimRuleFile>>,
+    #[serde(default)]
+    pub amr: Vec<String>,
+    pub max_age: Option<Spanned<DurationValue>>,
+    #[serde(default)]
+    pub token: TokenSourcesFile,
+    #[serde(default)]
+    pub forward_token: bool,
+    #[serde(default)]
+    pub claim_headers: BTreeMap<String, Spanned<String>>,
+}
+
+/// `{all: [...]}` or `{any: [...]}`; a plain list means all.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RequirementFile {
+    List(Vec<String>),
+    Set(RequirementSetFile),
+}
+
+/// The map form of a requirement.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequirementSetFile {
+    pub all: Option<Vec<String>>,
+    pub any: Option<Vec<String>>,
+}
+
+/// One claim rule: `claim` plus exactly one test.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRuleFile {
+    pub claim: String,
+    pub equals: Option<serde_json::Value>,
+    pub one_of: Option<Vec<serde_json::Value>>,
+    pub regex: Option<String>,
+    pub exists: Option<bool>,
+    pub contains: Option<serde_json::Value>,
+    pub gt: Option<f64>,
+    pub gte: Option<f64>,
+    pub lt: Option<f64>,
+    pub lte: Option<f64>,
+}
+
+/// Where a route looks for the token.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSourcesFile {
+    /// `Authorization: Bearer` (default true).
+    pub header: Option<bool>,
+    /// Cookie name.
+    pub cookie: Option<String>,
+    /// Query parameter name (removed before forwarding).
+    pub query: Option<String>,
 }
 
 /// What a route matches on.

@@ -4,7 +4,10 @@
 //! Every error names the file, the line and the key, so `portcullis-gateway -t` reads like
 //! `nginx -t`.
 
+pub mod auth;
 pub mod file;
+
+pub use auth::AuthSettings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -19,6 +22,7 @@ use serde_saphyr::Spanned;
 use thiserror::Error;
 
 use crate::headers::{Cidr, HeaderOps, IdentityPrefix, ProxyTrust};
+use crate::jwks::IssuerKeys;
 use crate::path;
 use crate::routes::{
     Action, AuthMode, FixedResponse, HostHeader, HostMatch, PathMatch, PathRewrite, Route, Router,
@@ -26,6 +30,7 @@ use crate::routes::{
 use crate::upstream::{
     Backend, BackendAddress, HealthCheck, HealthCheckKind, StateCarry, UpstreamGroup,
 };
+use crate::verify::{Issuer, TokenCache, Verifier};
 use file::{
     DurationValue, HeaderOpsFile, IncludeFile, ListenerFile, MainFile, PathMatchFile, RouteFile,
     UpstreamFile,
@@ -166,6 +171,44 @@ pub struct GatewayConfig {
     pub upstreams: BTreeMap<String, Arc<UpstreamGroup>>,
     /// Routes.
     pub router: Router,
+    /// Token verification settings.
+    pub auth: AuthSettings,
+    /// Trusted issuers and the verified-token cache.
+    pub verifier: Verifier,
+    /// Remote key caches by source identity (handed to the next generation on reload).
+    pub issuer_keys: HashMap<String, Arc<IssuerKeys>>,
+    /// The token cache (shared by every generation).
+    pub token_cache: Arc<TokenCache>,
+    /// Increments on every reload; salts the token cache.
+    pub generation: u64,
+    /// Identity header names under the prefix.
+    pub identity_names: crate::auth::IdentityHeaderNames,
+}
+
+/// What a reload hands over from the running config: backend health, issuer key caches and
+/// the verified-token cache.
+#[derive(Default)]
+pub struct Carry {
+    /// Backend health.
+    pub backends: StateCarry,
+    /// Remote issuer key caches.
+    pub issuer_keys: HashMap<String, Arc<IssuerKeys>>,
+    /// The running token cache.
+    pub token_cache: Option<Arc<TokenCache>>,
+    /// The running generation.
+    pub generation: u64,
+}
+
+impl Carry {
+    /// Everything worth keeping from `cfg`.
+    pub fn from_config(cfg: &GatewayConfig) -> Carry {
+        Carry {
+            backends: StateCarry::from_groups(cfg.upstreams.values()),
+            issuer_keys: cfg.issuer_keys.clone(),
+            token_cache: Some(cfg.token_cache.clone()),
+            generation: cfg.generation,
+        }
+    }
 }
 
 /// Routes with equal keys compete for the same requests.
@@ -264,8 +307,8 @@ fn read_yaml<T: serde::de::DeserializeOwned + Default>(
 
 /// Reads `path` and everything it includes, and compiles it.
 ///
-/// `carry` hands over live backend health from the running config on reload.
-pub fn load(path: &Path, carry: &StateCarry) -> Result<GatewayConfig, ConfigError> {
+/// `carry` hands over live state from the running config on reload.
+pub fn load(path: &Path, carry: &Carry) -> Result<GatewayConfig, ConfigError> {
     let (main_src, main) = read_yaml::<MainFile>(path)?;
     let mut files = vec![path.to_path_buf()];
     let mut includes = Vec::new();
@@ -314,7 +357,7 @@ fn compile(
     main_src: &Source,
     main: MainFile,
     includes: Vec<(Source, IncludeFile)>,
-    carry: &StateCarry,
+    carry: &Carry,
 ) -> Result<GatewayConfig, ConfigError> {
     let server = compile_server(main_src, &main)?;
     let mut listeners = Vec::new();
@@ -431,10 +474,14 @@ fn compile(
                 prev.desc()
             )));
         }
-        let group = compile_upstream(src, name, u, carry)?;
+        let group = compile_upstream(src, name, u, &carry.backends)?;
         upstream_locs.insert(name.clone(), loc);
         upstreams.insert(name.clone(), Arc::new(group));
     }
+
+    let auth_settings = auth::compile_settings(main_src, &main.auth)?;
+    let (issuers, issuer_keys) =
+        auth::compile_issuers(main_src, &main.issuers, &carry.issuer_keys)?;
 
     // Routes in merge order: the main file, then included files in lexical order.
     let mut route_defs: Vec<(&Source, &Spanned<RouteFile>)> =
@@ -454,7 +501,7 @@ fn compile(
                 prev.desc()
             )));
         }
-        let route = compile_route(src, r, &upstreams, &identity_prefix)?;
+        let route = compile_route(src, r, &upstreams, &identity_prefix, &issuers)?;
         let (kind, text) = match &route.path {
             PathMatch::Exact(p) => (0, p.clone()),
             PathMatch::Prefix(p) => (1, p.clone()),
@@ -478,7 +525,24 @@ fn compile(
         routes.push(Arc::new(route));
     }
 
+    let generation = carry.generation + 1;
+    let token_cache = carry
+        .token_cache
+        .clone()
+        .unwrap_or_else(|| Arc::new(TokenCache::new(auth_settings.cache_entries)));
+    let verifier = Verifier::new(
+        issuers,
+        auth_settings.max_token_size,
+        generation,
+        token_cache.clone(),
+    );
     Ok(GatewayConfig {
+        identity_names: crate::auth::IdentityHeaderNames::new(&identity_prefix),
+        auth: auth_settings,
+        verifier,
+        issuer_keys,
+        token_cache,
+        generation,
         files: Vec::new(),
         server,
         listeners,
@@ -978,6 +1042,7 @@ fn compile_route(
     r: &Spanned<RouteFile>,
     upstreams: &BTreeMap<String, Arc<UpstreamGroup>>,
     identity: &IdentityPrefix,
+    issuers: &[Arc<Issuer>],
 ) -> Result<Route, ConfigError> {
     let v = &r.value;
     let name = v.name.value.trim().to_string();
@@ -1121,7 +1186,9 @@ fn compile_route(
             })?),
         },
     };
+    let policy = auth::compile_policy(src, r, auth, issuers, identity)?;
     Ok(Route {
+        policy,
         source: src.at(r).desc(),
         name,
         host,

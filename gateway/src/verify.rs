@@ -1,0 +1,655 @@
+//! In-process JWT verification: strict parsing, key selection from the issuer's cached JWKS,
+//! signature check, time and type rules, and a verified-token cache.
+//!
+//! The token's own header never decides how it is verified: the issuer is chosen by `iss`,
+//! the algorithm must be on that issuer's allow-list and fit the key's type, and keys come
+//! only from configuration (`jwk`, `jku`, `x5u`, `x5c` headers are never used).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use http::HeaderValue;
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::jwks::{IssuerKeys, KeyLookup};
+
+/// A trusted issuer, compiled from config.
+pub struct Issuer {
+    /// Config label.
+    pub name: String,
+    /// Exact `iss`.
+    pub iss: String,
+    /// Its keys (shared across reloads).
+    pub keys: Arc<IssuerKeys>,
+    /// Allowed algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Default audiences (empty: no audience check unless the route asks).
+    pub audiences: Vec<String>,
+    /// Clock skew allowance in seconds.
+    pub leeway: u64,
+    /// Accepted `typ` values, lower case without `application/`; empty disables the check.
+    pub typ: Vec<String>,
+    /// Whether readiness waits for its keys.
+    pub required: bool,
+}
+
+/// Why a token was refused. `reason()` is the metrics label; `description()` is safe to
+/// send to clients (never token contents).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum AuthError {
+    /// No token in the request.
+    #[error("no token")]
+    Missing,
+    /// Larger than the configured limit.
+    #[error("token too large")]
+    TooLarge,
+    /// Not a compact JWS with valid base64url JSON objects.
+    #[error("malformed token")]
+    Malformed,
+    /// `alg` unknown, `none`, or not allowed for the issuer.
+    #[error("algorithm not allowed")]
+    AlgorithmNotAllowed,
+    /// `typ` not accepted.
+    #[error("wrong token type")]
+    WrongType,
+    /// `crit` names extensions we do not understand.
+    #[error("unsupported critical header")]
+    UnsupportedCrit,
+    /// `iss` missing or not a trusted issuer.
+    #[error("untrusted issuer")]
+    UntrustedIssuer,
+    /// The issuer has no usable keys (never fetched, or stale beyond `max_stale`).
+    #[error("issuer keys unavailable")]
+    KeysUnavailable,
+    /// `kid` not in the issuer's key set (after a refetch).
+    #[error("unknown key")]
+    UnknownKid,
+    /// No key of the right type for this token.
+    #[error("no matching key")]
+    NoMatchingKey,
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// `exp` has passed (beyond leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iat` is in the future.
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    /// A registered claim has the wrong type or an impossible value.
+    #[error("invalid claim")]
+    InvalidClaim,
+    /// `aud` does not name an accepted audience.
+    #[error("wrong audience")]
+    WrongAudience,
+    /// The key that verified a cached token was removed from the issuer's set.
+    #[error("key revoked")]
+    KeyRevoked,
+}
+
+impl AuthError {
+    /// Short label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::TooLarge => "too_large",
+            AuthError::Malformed => "malformed",
+            AuthError::AlgorithmNotAllowed => "algorithm",
+            AuthError::WrongType => "wrong_type",
+            AuthError::UnsupportedCrit => "crit",
+            AuthError::UntrustedIssuer => "untrusted_issuer",
+            AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::UnknownKid => "unknown_kid",
+            AuthError::NoMatchingKey => "no_matching_key",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::IssuedInFuture => "issued_in_future",
+            AuthError::InvalidClaim => "invalid_claim",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::KeyRevoked => "key_revoked",
+        }
+    }
+
+    /// Human-readable description for `WWW-Authenticate` and the JSON body.
+    pub fn description(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "a bearer token is required",
+            AuthError::TooLarge => "the token is too large",
+            AuthError::Malformed => "the token is malformed",
+            AuthError::AlgorithmNotAllowed => "the token's signing algorithm is not accepted",
+            AuthError::WrongType => "the token is not an access token",
+            AuthError::UnsupportedCrit => "the token requires unsupported header extensions",
+            AuthError::UntrustedIssuer => "the token's issuer is not trusted",
+            AuthError::KeysUnavailable => "the issuer's signing keys are unavailable",
+            AuthError::UnknownKid => "the token was signed with an unknown key",
+            AuthError::NoMatchingKey => "no trusted key matches the token",
+            AuthError::BadSignature => "the token signature is invalid",
+            AuthError::Expired => "the token has expired",
+            AuthError::NotYetValid => "the token is not valid yet",
+            AuthError::IssuedInFuture => "the token was issued in the future",
+            AuthError::InvalidClaim => "the token has an invalid claim",
+            AuthError::WrongAudience => "the token is not meant for this audience",
+            AuthError::KeyRevoked => "the token's signing key has been retired",
+        }
+    }
+}
+
+/// A verified token: its issuer, claims, and the identity headers derived from them.
+pub struct VerifiedToken {
+    /// Issuer that verified it.
+    pub issuer: Arc<Issuer>,
+    /// All claims.
+    pub claims: Map<String, Value>,
+    /// The payload segment as sent (base64url JSON of the claims), for `X-Auth-Claims`.
+    pub claims_b64: String,
+    /// Expiry (seconds since the epoch).
+    pub exp: u64,
+    /// `aud` as a list.
+    pub audiences: Vec<String>,
+    /// `scope` / `scp` as a list.
+    pub scopes: Vec<String>,
+    /// `roles` as a list.
+    pub roles: Vec<String>,
+    /// `amr` as a list.
+    pub amr: Vec<String>,
+    /// `auth_time`, else `iat`.
+    pub auth_time: Option<u64>,
+    /// Thumbprint of the key that verified it.
+    pub key_thumbprint: String,
+    /// Key-set generation at verification time (skip the revocation check while unchanged).
+    pub key_generation: u64,
+    /// Default identity headers (name suffix after the prefix, value), computed once.
+    pub identity: Vec<(&'static str, HeaderValue)>,
+}
+
+impl VerifiedToken {
+    /// `sub`, if any.
+    pub fn subject(&self) -> Option<&str> {
+        self.claims.get("sub").and_then(Value::as_str)
+    }
+
+    /// A claim by dotted path (`app_metadata.plan`).
+    pub fn claim(&self, path: &[String]) -> Option<&Value> {
+        let (first, rest) = path.split_first()?;
+        let mut v = self.claims.get(first)?;
+        for seg in rest {
+            v = v.as_object()?.get(seg)?;
+        }
+        Some(v)
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Largest accepted NumericDate (9999-12-31): anything beyond is nonsense, not "forever".
+const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
+
+/// Parses a JSON object rejecting duplicate member names at any depth (two parsers could
+/// otherwise disagree on which value counts).
+fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, AuthError> {
+    struct Strict(Value);
+    impl<'de> serde::Deserialize<'de> for Strict {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(StrictVisitor).map(Strict)
+        }
+    }
+    struct StrictVisitor;
+    impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(serde_json::Number::from_f64(v)
+                .map(Value::Number)
+                .unwrap_or(Value::Null))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_string()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Strict(v)) = seq.next_element()? {
+                out.push(v);
+            }
+            Ok(Value::Array(out))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let Strict(v) = map.next_value()?;
+                if out.insert(key, v).is_some() {
+                    return Err(serde::de::Error::custom("duplicate member"));
+                }
+            }
+            Ok(Value::Object(out))
+        }
+    }
+    match serde_json::from_slice::<Strict>(bytes) {
+        Ok(Strict(Value::Object(m))) => Ok(m),
+        _ => Err(AuthError::Malformed),
+    }
+}
+
+fn b64(segment: &str) -> Result<Vec<u8>, AuthError> {
+    // The no-pad engine refuses `=` padding and non-alphabet characters.
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| AuthError::Malformed)
+}
+
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            let f = n.as_f64().ok_or(AuthError::InvalidClaim)?;
+            if !f.is_finite() || !(0.0..=MAX_NUMERIC_DATE).contains(&f) {
+                return Err(AuthError::InvalidClaim);
+            }
+            Ok(Some(f as u64))
+        }
+        Some(_) => Err(AuthError::InvalidClaim),
+    }
+}
+
+fn string_list(v: Option<&Value>, space_separated: bool) -> Result<Vec<String>, AuthError> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) if space_separated => {
+            Ok(s.split_whitespace().map(str::to_string).collect())
+        }
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .ok_or(AuthError::InvalidClaim)
+            })
+            .collect(),
+        Some(_) => Err(AuthError::InvalidClaim),
+    }
+}
+
+/// Header values may carry claim text only when it cannot break the header framing.
+pub fn header_value(s: &str) -> Result<HeaderValue, AuthError> {
+    if s.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(AuthError::InvalidClaim);
+    }
+    HeaderValue::from_str(s).map_err(|_| AuthError::InvalidClaim)
+}
+
+fn parse_alg(alg: &str) -> Option<Algorithm> {
+    // Exact, case-sensitive names (RFC 7518); `none` in any case is not among them.
+    alg.parse::<Algorithm>()
+        .ok()
+        .filter(|a| format!("{a:?}") == alg)
+}
+
+/// Normalises a `typ` value for comparison (RFC 8725 §3.11: case-insensitive, optional
+/// `application/` prefix).
+pub fn canonical_typ(t: &str) -> String {
+    let lower = t.to_ascii_lowercase();
+    lower
+        .strip_prefix("application/")
+        .map(str::to_string)
+        .unwrap_or(lower)
+}
+
+/// Cached verification results, shared by every config generation.
+pub struct TokenCache {
+    cache: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
+}
+
+struct ExpireAtExp;
+
+impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for ExpireAtExp {
+    fn expire_after_create(
+        &self,
+        _k: &[u8; 32],
+        v: &Arc<VerifiedToken>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        // Never outlive the token (leeway included: the hit path re-checks exp anyway).
+        Some(Duration::from_secs(
+            (v.exp + v.issuer.leeway).saturating_sub(now_secs()),
+        ))
+    }
+}
+
+impl TokenCache {
+    /// A cache bounded to `max_entries` tokens.
+    pub fn new(max_entries: u64) -> Self {
+        TokenCache {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(ExpireAtExp)
+                .build(),
+        }
+    }
+
+    /// Number of cached tokens (approximate).
+    pub fn len(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Whether the cache is empty (approximate).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Outcome counters the verifier reports (wired to Prometheus by the caller).
+pub trait VerifyObserver: Send + Sync {
+    /// A cache lookup hit or missed.
+    fn cache(&self, hit: bool);
+}
+
+/// Verifies tokens for one config generation.
+pub struct Verifier {
+    issuers: HashMap<String, Arc<Issuer>>,
+    max_token_size: usize,
+    /// Salt for cache keys so a reload (new rules) never reuses older results.
+    generation: u64,
+    cache: Arc<TokenCache>,
+}
+
+impl Verifier {
+    /// A verifier over `issuers`, caching in `cache` under `generation`.
+    pub fn new(
+        issuers: Vec<Arc<Issuer>>,
+        max_token_size: usize,
+        generation: u64,
+        cache: Arc<TokenCache>,
+    ) -> Self {
+        Verifier {
+            issuers: issuers.into_iter().map(|i| (i.iss.clone(), i)).collect(),
+            max_token_size,
+            generation,
+            cache,
+        }
+    }
+
+    /// The trusted issuers.
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<Issuer>> {
+        self.issuers.values()
+    }
+
+    /// Whether every required issuer has keys.
+    pub fn ready(&self) -> bool {
+        self.issuers
+            .values()
+            .all(|i| !i.required || i.keys.is_ready())
+    }
+
+    fn cache_key(&self, token: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.generation.to_le_bytes());
+        h.update(token.as_bytes());
+        h.finalize().into()
+    }
+
+    /// Verifies a token, from the cache when possible.
+    pub async fn verify(
+        &self,
+        token: &str,
+        observer: &dyn VerifyObserver,
+    ) -> Result<Arc<VerifiedToken>, AuthError> {
+        // Size first: nothing about an oversized token is looked at, hashed or decoded.
+        if token.len() > self.max_token_size {
+            return Err(AuthError::TooLarge);
+        }
+        let key = self.cache_key(token);
+        if let Some(hit) = self.cache.cache.get(&key) {
+            observer.cache(true);
+            let now = now_secs();
+            if hit.exp + hit.issuer.leeway <= now {
+                self.cache.cache.invalidate(&key);
+                return Err(AuthError::Expired);
+            }
+            match hit.issuer.keys.current() {
+                Some(set)
+                    if set.generation == hit.key_generation
+                        || set.contains_thumbprint(&hit.key_thumbprint) =>
+                {
+                    return Ok(hit)
+                }
+                Some(_) => {
+                    self.cache.cache.invalidate(&key);
+                    return Err(AuthError::KeyRevoked);
+                }
+                None => return Err(AuthError::KeysUnavailable),
+            }
+        }
+        observer.cache(false);
+        let verified = Arc::new(self.verify_uncached(token).await?);
+        self.cache.cache.insert(key, verified.clone());
+        Ok(verified)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, AuthError> {
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(s64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed);
+        };
+        if h64.is_empty() || p64.is_empty() || s64.is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        let header = parse_object(&b64(h64)?)?;
+        let claims = parse_object(&b64(p64)?)?;
+        // Decode the signature now so malformed encodings fail as such, not as bad signatures.
+        b64(s64)?;
+
+        let alg_name = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or(AuthError::Malformed)?;
+        let alg = parse_alg(alg_name).ok_or(AuthError::AlgorithmNotAllowed)?;
+        if header.contains_key("crit") {
+            // We implement no JWS extensions, so any critical one must be refused (RFC 7515 §4.1.11).
+            return Err(AuthError::UnsupportedCrit);
+        }
+        let iss = match claims.get("iss") {
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => return Err(AuthError::InvalidClaim),
+            None => return Err(AuthError::UntrustedIssuer),
+        };
+        let issuer = self
+            .issuers
+            .get(iss)
+            .cloned()
+            .ok_or(AuthError::UntrustedIssuer)?;
+        if !issuer.algorithms.contains(&alg) {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
+        if !issuer.typ.is_empty() {
+            let typ = match header.get("typ") {
+                Some(Value::String(t)) => canonical_typ(t),
+                Some(_) => return Err(AuthError::Malformed),
+                None => return Err(AuthError::WrongType),
+            };
+            if !issuer.typ.contains(&typ) {
+                return Err(AuthError::WrongType);
+            }
+        }
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(k)) => Some(k.as_str()),
+            Some(_) => return Err(AuthError::Malformed),
+        };
+
+        let mut set = issuer.keys.current().ok_or(AuthError::KeysUnavailable)?;
+        let mut lookup = set.lookup(kid, alg);
+        if let (KeyLookup::UnknownKid, Some(kid)) = (&lookup, kid) {
+            // Key rotation: the issuer may have published a new key since our last fetch.
+            set = issuer
+                .keys
+                .refetch_for_unknown_kid(kid)
+                .await
+                .ok_or(AuthError::KeysUnavailable)?;
+            lookup = set.lookup(Some(kid), alg);
+        }
+        let key = match lookup {
+            KeyLookup::Found(k) => k,
+            KeyLookup::UnknownKid => return Err(AuthError::UnknownKid),
+            KeyLookup::NoMatchingKey => return Err(AuthError::NoMatchingKey),
+        };
+        let signing_input_len = h64.len() + 1 + p64.len();
+        let signing_input = &token.as_bytes()[..signing_input_len];
+        match jsonwebtoken::crypto::verify(s64, signing_input, &key.key, alg) {
+            Ok(true) => {}
+            _ => return Err(AuthError::BadSignature),
+        }
+
+        // Registered claims, with strict types.
+        let now = now_secs();
+        let leeway = issuer.leeway;
+        let exp = numeric_date(&claims, "exp")?.ok_or(AuthError::InvalidClaim)?;
+        if exp.saturating_add(leeway) <= now {
+            return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = numeric_date(&claims, "nbf")? {
+            if nbf > now.saturating_add(leeway) {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        let iat = numeric_date(&claims, "iat")?;
+        if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+            return Err(AuthError::IssuedInFuture);
+        }
+        let auth_time = numeric_date(&claims, "auth_time")?.or(iat);
+        let audiences = string_list(claims.get("aud"), false)?;
+        if !issuer.audiences.is_empty() && !audiences.iter().any(|a| issuer.audiences.contains(a)) {
+            return Err(AuthError::WrongAudience);
+        }
+        for name in ["sub", "sid", "jti"] {
+            if claims.get(name).is_some_and(|v| !v.is_string()) {
+                return Err(AuthError::InvalidClaim);
+            }
+        }
+        let mut scopes = string_list(claims.get("scope"), true)?;
+        scopes.extend(string_list(claims.get("scp"), true)?);
+        let roles = string_list(claims.get("roles"), false)?;
+        let amr = string_list(claims.get("amr"), false)?;
+
+        let mut identity: Vec<(&'static str, HeaderValue)> = Vec::with_capacity(8);
+        let text = |name: &str| claims.get(name).and_then(Value::as_str);
+        if let Some(sub) = text("sub") {
+            identity.push(("subject", header_value(sub)?));
+        }
+        identity.push(("issuer", header_value(iss)?));
+        identity.push(("scopes", header_value(&scopes.join(" "))?));
+        identity.push(("roles", header_value(&roles.join(","))?));
+        if let Some(sid) = text("sid") {
+            identity.push(("session", header_value(sid)?));
+        }
+        if let Some(jti) = text("jti") {
+            identity.push(("token-id", header_value(jti)?));
+        }
+        identity.push(("method", header_value(&amr.join(","))?));
+        identity.push(("claims", header_value(p64)?));
+
+        Ok(VerifiedToken {
+            issuer,
+            claims_b64: p64.to_string(),
+            claims,
+            exp,
+            audiences,
+            scopes,
+            roles,
+            amr,
+            auth_time,
+            key_thumbprint: key.thumbprint.clone(),
+            key_generation: set.generation,
+            identity,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_json_objects() {
+        assert!(parse_object(br#"{"a":1,"b":{"c":2}}"#).is_ok());
+        assert_eq!(parse_object(br#"{"a":1,"a":2}"#), Err(AuthError::Malformed));
+        assert_eq!(
+            parse_object(br#"{"a":{"c":1,"c":2}}"#),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(parse_object(br#"[1,2]"#), Err(AuthError::Malformed));
+        assert_eq!(parse_object(br#""x""#), Err(AuthError::Malformed));
+        assert_eq!(parse_object(b"not json"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn algorithm_names_are_exact() {
+        assert_eq!(parse_alg("RS256"), Some(Algorithm::RS256));
+        assert_eq!(parse_alg("EdDSA"), Some(Algorithm::EdDSA));
+        for bad in ["none", "None", "NONE", "rs256", "HS256 ", ""] {
+            assert_eq!(parse_alg(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn numeric_dates_are_typed() {
+        let m = |v: Value| {
+            parse_object(serde_json::json!({ "exp": v }).to_string().as_bytes()).unwrap()
+        };
+        assert_eq!(numeric_date(&m(Value::from(10)), "exp"), Ok(Some(10)));
+        assert_eq!(
+            numeric_date(&m(Value::from("10")), "exp"),
+            Err(AuthError::InvalidClaim)
+        );
+        assert_eq!(
+            numeric_date(&m(Value::from(1e300)), "exp"),
+            Err(AuthError::InvalidClaim)
+        );
+        assert_eq!(
+            numeric_date(&m(Value::from(-1)), "exp"),
+            Err(AuthError::InvalidClaim)
+        );
+    }
+
+    #[test]
+    fn header_values_never_carry_control_characters() {
+        assert!(header_value("alice").is_ok());
+        assert!(header_value("a\r\nX-Auth-Roles: admin").is_err());
+        assert!(header_value("a\u{0}").is_err());
+        assert_eq!(canonical_typ("application/AT+JWT"), "at+jwt");
+    }
+}
