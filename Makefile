@@ -17,6 +17,7 @@ run: build
 
 ## Unit tests, then end-to-end tests that start the real binaries on loopback.
 test: build
+	@scripts/install-deps.sh nginx
 	@CARGO=$(CARGO) scripts/test.sh
 
 ## Formatting and lints, as required before every commit.

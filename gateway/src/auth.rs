@@ -113,7 +113,7 @@ impl Identity {
 
 /// The default identity header names under the configured prefix, computed once.
 #[derive(Debug, Clone)]
-pub struct IdentityHeaderNames(Vec<(&'static str, HeaderName)>);
+pub struct IdentityHeaderNames(Vec<(&'static str, HeaderName)>, HeaderName);
 
 /// Suffixes of the default identity headers (`X-Auth-Subject`, …).
 pub const IDENTITY_SUFFIXES: [&str; 8] = [
@@ -123,20 +123,25 @@ pub const IDENTITY_SUFFIXES: [&str; 8] = [
 impl IdentityHeaderNames {
     /// Names for `prefix` (e.g. `x-auth-`).
     pub fn new(prefix: &IdentityPrefix) -> Self {
+        let name = |suffix: &str| {
+            HeaderName::from_bytes(format!("{}{suffix}", prefix.as_str()).as_bytes()).ok()
+        };
         IdentityHeaderNames(
             IDENTITY_SUFFIXES
                 .iter()
-                .filter_map(|s| {
-                    HeaderName::from_bytes(format!("{}{s}", prefix.as_str()).as_bytes())
-                        .ok()
-                        .map(|n| (*s, n))
-                })
+                .filter_map(|s| name(s).map(|n| (*s, n)))
                 .collect(),
+            name("signature").unwrap_or(HeaderName::from_static("x-auth-signature")),
         )
     }
 
     fn get(&self, suffix: &str) -> Option<&HeaderName> {
         self.0.iter().find(|(s, _)| *s == suffix).map(|(_, n)| n)
+    }
+
+    /// The `…-Signature` header name.
+    pub fn signature(&self) -> &HeaderName {
+        &self.1
     }
 }
 

@@ -233,6 +233,44 @@ impl ClientInfo {
     }
 }
 
+/// `v1=<base64url HMAC-SHA256>` over the request id and every identity header of the
+/// upstream request, sorted by name: `"{request_id}\n" + "{name}:{value}\n"…` (lower-case
+/// names, the signature header itself excluded). Upstreams recompute it with the shared
+/// secret to prove the headers came from the gateway.
+pub fn identity_signature(
+    key: &[u8],
+    prefix: &IdentityPrefix,
+    request_id: &str,
+    req: &RequestHeader,
+) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let signature_name = format!("{}signature", prefix.as_str());
+    let mut fields: Vec<(&str, &[u8])> = req
+        .headers
+        .iter()
+        .filter(|(n, _)| prefix.owns(n.as_str()) && n.as_str() != signature_name)
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    fields.sort();
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(request_id.as_bytes());
+    mac.update(b"\n");
+    for (n, v) in fields {
+        mac.update(n.as_bytes());
+        mac.update(b":");
+        mac.update(v);
+        mac.update(b"\n");
+    }
+    let tag = mac.finalize().into_bytes();
+    format!(
+        "v1={}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag)
+    )
+}
+
 /// Whether a client-supplied request id is safe to keep (printable, bounded).
 pub fn acceptable_request_id(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic())

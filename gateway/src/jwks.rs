@@ -211,14 +211,19 @@ impl KeySet {
     }
 
     /// What identifies the set's content, independent of key order.
-    fn fingerprint(keys: &[Arc<VerifyKey>]) -> Vec<(String, Option<String>, Option<Algorithm>)> {
+    fn fingerprint(keys: &[Arc<VerifyKey>]) -> Vec<(&str, Option<&str>, Option<u8>)> {
         let mut out: Vec<_> = keys
             .iter()
-            .map(|k| (k.thumbprint.clone(), k.kid.clone(), k.alg))
+            // Algorithm is not Ord; its discriminant is enough to compare.
+            .map(|k| {
+                (
+                    k.thumbprint.as_str(),
+                    k.kid.as_deref(),
+                    k.alg.map(|a| a as u8),
+                )
+            })
             .collect();
-        out.sort_by(|a, b| {
-            (&a.0, &a.1, a.2.map(|x| x as u8)).cmp(&(&b.0, &b.1, b.2.map(|x| x as u8)))
-        });
+        out.sort_unstable();
         out
     }
 }
@@ -344,11 +349,11 @@ pub fn parse_jwks(body: &[u8], remote: bool) -> Result<Vec<VerifyKey>, JwksError
                 continue;
             }
         };
-        if let Some(prev) = keys
-            .iter()
-            .find(|k| k.kid == key.kid && (k.kid.is_some() || k.thumbprint == key.thumbprint))
-            .filter(|k| k.overlaps(&key))
-        {
+        if let Some(prev) = keys.iter().find(|k| {
+            k.kid == key.kid
+                && (k.kid.is_some() || k.thumbprint == key.thumbprint)
+                && k.overlaps(&key)
+        }) {
             if prev.thumbprint != key.thumbprint {
                 tracing::warn!(
                     index,
@@ -485,8 +490,14 @@ fn rsa_material(n: &[u8], e: &[u8]) -> Result<Material, String> {
             "RSA key of {bits} bits (between {MIN_RSA_BITS} and {MAX_RSA_BITS} required)"
         ));
     }
-    // aws-lc accepts public exponents up to 33 bits; 8 bytes is a generous sanity bound.
-    if e.is_empty() || e.len() > 8 || e[e.len() - 1] & 1 == 0 {
+    // RSA exponents are odd and at least 3 (e = 1 makes "signatures" trivial); aws-lc takes up
+    // to 33 bits, so 8 bytes is a generous sanity bound.
+    let exponent_ok = match e {
+        [] => false,
+        [single] => *single >= 3 && single & 1 == 1,
+        [.., last] => e.len() <= 8 && last & 1 == 1,
+    };
+    if !exponent_ok {
         return Err("invalid RSA public exponent".into());
     }
     // Canonical (minimal) encodings, as RFC 7638 requires for the thumbprint.
@@ -845,7 +856,11 @@ impl IssuerKeys {
         let generation = if initial.is_some() { 1 } else { 0 };
         let negative_kids = moka::sync::Cache::builder()
             .max_capacity(NEGATIVE_CACHE_CAPACITY)
-            .time_to_live(policy.negative_kid_ttl.max(Duration::from_millis(1)))
+            // moka refuses a zero or centuries-long TTL; keep any configured value in range.
+            .time_to_live(policy.negative_kid_ttl.clamp(
+                Duration::from_millis(1),
+                Duration::from_secs(365 * 24 * 3600),
+            ))
             .build();
         Arc::new(IssuerKeys {
             name,
@@ -941,7 +956,8 @@ impl IssuerKeys {
             .single_flight(IssuerKeys::claim_unknown_kid_fetch)
             .await;
         let current = self.current();
-        if outcome.is_some()
+        // Only a fetch that worked proves the kid missing; after a failure it may yet appear.
+        if matches!(outcome, Some(Ok(_)))
             && kid.len() <= MAX_CACHED_KID
             && !current.as_ref().is_some_and(|s| s.has_kid(kid))
         {
@@ -1029,13 +1045,14 @@ impl IssuerKeys {
         match outcome {
             Ok(Some((url, answer))) if answer.status == 304 => match self.set.load_full() {
                 Some(old) => {
-                    // Same keys, confirmed now: only freshness moves.
+                    // Same keys, confirmed now: only freshness moves. Freshness is recorded
+                    // before the set is published so current() never sees a set without it.
+                    self.succeeded(now, answer.max_age);
                     self.set.store(Some(Arc::new(KeySet {
                         keys: old.keys.clone(),
                         fetched_at: SystemTime::now(),
                         generation: old.generation,
                     })));
-                    self.succeeded(now, answer.max_age);
                     tracing::debug!(issuer = %self.name, "JWKS not modified");
                     Ok(false)
                 }
@@ -1051,9 +1068,9 @@ impl IssuerKeys {
                 };
                 match keys {
                     Ok(keys) => {
+                        self.succeeded(now, answer.max_age);
                         let changed = self.install(keys);
                         state.etag = answer.etag.map(|tag| (url, tag));
-                        self.succeeded(now, answer.max_age);
                         Ok(changed)
                     }
                     Err(e) => Err(self.failed(now, e)),
@@ -1598,20 +1615,27 @@ mod tests {
             short_x,
             json!({"kty": "OKP", "crv": "X25519", "kid": "x25519", "x": b64(&[1u8; 32])}),
             json!({"kty": "RSA", "kid": "no-e", "n": RFC7638_N}),
+            json!({"kty": "RSA", "kid": "e-is-1", "n": RFC7638_N, "e": "AQ"}),
+            json!({"kty": "RSA", "kid": "e-even", "n": RFC7638_N, "e": "AQAA"}),
             json!({"kid": "no-kty"}),
             json!("not an object"),
             // Same kid, same algorithms, different key: lookups would be ambiguous.
             ec_jwk(&other, "good"),
+            // A kid shared by keys of different families is fine...
+            json!({"kty": "OKP", "crv": "Ed25519", "kid": "good", "x": b64(&[3u8; 32])}),
+            // ...but not once it is ambiguous for some algorithm.
+            json!({"kty": "OKP", "crv": "Ed25519", "kid": "good", "x": b64(&[4u8; 32])}),
             // The very same key again is a harmless duplicate.
             ec_jwk(&good, "good"),
             with(json!({"kid": "sig-ok", "use": "sig", "key_ops": ["verify"], "alg": "ES256"})),
         ]);
         let remote = parse_jwks(&doc, true).unwrap();
-        assert_eq!(kids(&remote), ["good", "sig-ok"]);
-        assert_eq!(remote[1].alg, Some(Algorithm::ES256));
+        assert_eq!(kids(&remote), ["good", "good", "sig-ok"]);
+        assert_eq!(remote[1].family, KeyFamily::Ed25519);
+        assert_eq!(remote[2].alg, Some(Algorithm::ES256));
         // Local files may hold HMAC secrets; everything else is refused the same way.
         let local = parse_jwks(&doc, false).unwrap();
-        assert_eq!(kids(&local), ["good", "sym", "sig-ok"]);
+        assert_eq!(kids(&local), ["good", "sym", "good", "sig-ok"]);
         assert_eq!(local[1].family, KeyFamily::Hmac);
     }
 
@@ -2065,7 +2089,7 @@ mod tests {
         let server = TestServer::new(ec_doc(&["k1"]));
         let base = serve_tcp(&server);
         let policy = RefreshPolicy {
-            unknown_kid_cooldown: Duration::from_millis(300),
+            unknown_kid_cooldown: Duration::from_millis(800),
             ..RefreshPolicy::default()
         };
         let keys = IssuerKeys::new(
@@ -2083,7 +2107,7 @@ mod tests {
         keys.refetch_for_unknown_kid("b").await;
         assert_eq!(server.hits(), 2, "cooldown");
 
-        tokio::time::sleep(Duration::from_millis(350)).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
         keys.refetch_for_unknown_kid("a").await;
         assert_eq!(server.hits(), 2, "negative cache");
         keys.refetch_for_unknown_kid("b").await;
@@ -2098,7 +2122,7 @@ mod tests {
             r.body = ec_doc(&["k1", "new"]);
             r.etag = Some("\"v2\"".into());
         });
-        tokio::time::sleep(Duration::from_millis(350)).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
         let set = keys.refetch_for_unknown_kid("new").await.unwrap();
         assert_eq!(server.hits(), 4);
         assert!(matches!(
@@ -2113,7 +2137,7 @@ mod tests {
         let server = TestServer::new(ec_doc(&["k1"]));
         let base = serve_tcp(&server);
         let policy = RefreshPolicy {
-            max_stale: Duration::from_millis(600),
+            max_stale: Duration::from_millis(1000),
             ..RefreshPolicy::default()
         };
         let keys = IssuerKeys::new(
@@ -2149,7 +2173,7 @@ mod tests {
             (1, 3, 1)
         );
 
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         assert!(keys.current().is_none(), "too old: fail closed");
         assert!(!keys.is_ready());
         assert_eq!(keys.stats().keys, 0);

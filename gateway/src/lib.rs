@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod headers;
 pub mod health;
 pub mod jwks;

@@ -183,6 +183,8 @@ pub struct RoutePolicy {
     pub forward_token: bool,
     /// Extra identity headers: claim path → header name.
     pub claim_headers: Vec<(Vec<String>, HeaderName)>,
+    /// Where browsers without a valid token are redirected (`{uri}` placeholder).
+    pub login_redirect: Option<String>,
 }
 
 impl RoutePolicy {

@@ -62,6 +62,8 @@ pub struct RequestCtx {
     /// Why auth failed (metrics label), `-` otherwise.
     auth_reason: &'static str,
     identity: Option<Identity>,
+    /// The request's `Origin`, when the route's CORS policy allows it.
+    cors_origin: Option<HeaderValue>,
     counted: bool,
 }
 
@@ -119,6 +121,18 @@ impl Gateway {
                 ctx.auth = "denied";
                 ctx.auth_reason = r.reason;
                 metrics.auth.with_label_values(&["denied", r.reason]).inc();
+                if let Some(location) = login_redirect(session.req_header(), route, &r) {
+                    self.respond(
+                        session,
+                        ctx,
+                        302,
+                        "text/plain",
+                        Bytes::new(),
+                        &[(header::LOCATION, location)],
+                    )
+                    .await?;
+                    return Ok(false);
+                }
                 let challenge = r.www_authenticate(&cfg.auth.realm);
                 let extra = if r.status == 400 {
                     Vec::new()
@@ -312,12 +326,40 @@ impl Gateway {
             )?;
         }
         if let Some(route) = &ctx.route {
+            if let (Some(cors), Some(origin)) = (&route.cors, &ctx.cors_origin) {
+                for (n, v) in cors.response_headers(origin) {
+                    resp.insert_header(n, v)?;
+                }
+            }
             if !route.response_headers.is_empty() {
                 route.response_headers.apply_response(resp)?;
             }
         }
         Ok(())
     }
+}
+
+/// Where to send a browser that failed authentication, if the route has a login page.
+fn login_redirect(req: &RequestHeader, route: &Route, r: &auth::Rejection) -> Option<HeaderValue> {
+    let template = route.policy.login_redirect.as_ref()?;
+    let wants_html = req
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if r.status != 401 || !wants_html {
+        return None;
+    }
+    let original = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut encoded = String::with_capacity(original.len() * 2);
+    for b in original.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&template.replace("{uri}", &encoded)).ok()
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -380,6 +422,7 @@ impl ProxyHttp for Gateway {
             auth: "-",
             auth_reason: "-",
             identity: None,
+            cors_origin: None,
             counted: false,
         }
     }
@@ -426,7 +469,18 @@ impl ProxyHttp for Gateway {
             self.verify_endpoint(session, ctx, &host).await?;
             return Ok(true);
         }
-        let method = req.method.clone();
+        let origin = req.headers.get(header::ORIGIN).cloned();
+        // A CORS preflight is routed as the request it announces.
+        let preflight_method = match (&req.method, &origin) {
+            (&Method::OPTIONS, Some(_)) => req
+                .headers
+                .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+                .and_then(|m| Method::from_bytes(m.as_bytes()).ok()),
+            _ => None,
+        };
+        let method = preflight_method
+            .clone()
+            .unwrap_or_else(|| req.method.clone());
         let lookup_host = strip_port(&host).to_ascii_lowercase();
         let route = match cfg.router.lookup(&lookup_host, &normalised, &method) {
             RouteMatch::Found(r) => r.clone(),
@@ -452,6 +506,42 @@ impl ProxyHttp for Gateway {
         };
         ctx.host = host;
         ctx.route = Some(route.clone());
+
+        if let (Some(cors), Some(origin)) = (&route.cors, &origin) {
+            let allowed = origin.to_str().is_ok_and(|o| cors.allows_origin(o));
+            if let Some(requested) = &preflight_method {
+                // Browsers send no credentials on a preflight: answer it here, tokenless.
+                let asked = session
+                    .req_header()
+                    .headers
+                    .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+                    .and_then(|v| v.to_str().ok());
+                match allowed
+                    .then(|| cors.preflight(origin, requested, asked))
+                    .flatten()
+                {
+                    Some(headers) => {
+                        ctx.auth = "preflight";
+                        self.respond(session, ctx, 204, "text/plain", Bytes::new(), &headers)
+                            .await?;
+                    }
+                    None => {
+                        self.respond_error(
+                            session,
+                            ctx,
+                            403,
+                            "CORS preflight not allowed for this origin, method or headers",
+                            &[],
+                        )
+                        .await?;
+                    }
+                }
+                return Ok(true);
+            }
+            if allowed {
+                ctx.cors_origin = Some(origin.clone());
+            }
+        }
 
         if let Some(max) = route.max_body_size {
             let declared = session
@@ -671,6 +761,15 @@ impl ProxyHttp for Gateway {
         if let Some(identity) = &ctx.identity {
             for (name, value) in identity.headers(&ctx.config.identity_names) {
                 upstream.insert_header(name.clone(), value.clone())?;
+            }
+            if let Some(key) = &ctx.config.signature_key {
+                let sig = crate::headers::identity_signature(
+                    key,
+                    &ctx.config.identity_prefix,
+                    &ctx.request_id,
+                    upstream,
+                );
+                upstream.insert_header(ctx.config.identity_names.signature().clone(), sig)?;
             }
         }
         if !route.request_headers.is_empty() {

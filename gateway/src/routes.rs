@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 use regex::Regex;
 
+use crate::cors::Cors;
 use crate::headers::HeaderOps;
 use crate::policy::RoutePolicy;
 use crate::upstream::UpstreamGroup;
@@ -158,6 +159,8 @@ pub struct Route {
     pub max_body_size: Option<u64>,
     /// Token rules (issuers, audiences, scopes, roles, claims, sources).
     pub policy: RoutePolicy,
+    /// CORS policy, if the route serves browsers on other origins.
+    pub cors: Option<Cors>,
 }
 
 /// Outcome of routing one request.
@@ -322,6 +325,7 @@ mod tests {
             response_headers: HeaderOps::default(),
             max_body_size: None,
             policy: RoutePolicy::default(),
+            cors: None,
         })
     }
 

@@ -273,15 +273,9 @@ pub(super) fn compile_issuers(
             keys
         } else if let Some(f) = &v.key_file {
             let path = src.resolve(&f.value);
-            let keys = jwks::load_key_file(&path, None).map_err(|e| {
-                src.at(f)
-                    .err(format!("{key}.key_file: {}: {e}", path.display()))
-            })?;
-            if keys.is_empty() {
-                return Err(src
-                    .at(f)
-                    .err(format!("{key}.key_file: {}: no usable key", path.display())));
-            }
+            // The error names the file already.
+            let keys = jwks::load_key_file(&path, None)
+                .map_err(|e| src.at(f).err(format!("{key}.key_file: {e}")))?;
             IssuerKeys::new(
                 v.name.value.clone(),
                 KeySource::Static(keys),
@@ -404,6 +398,62 @@ fn claim_rule(c: &Spanned<ClaimRuleFile>, src: &Source) -> Result<ClaimRule, Con
 }
 
 /// Compiles a route's policy keys; `issuers` are the names defined in the config.
+/// Compiles a route's CORS block.
+pub(super) fn compile_cors(
+    src: &Source,
+    c: &Spanned<file::CorsFile>,
+) -> Result<crate::cors::Cors, ConfigError> {
+    let v = &c.value;
+    if v.origins.is_empty() {
+        return Err(src
+            .at(c)
+            .err("cors.origins: at least one origin (or \"*\") is required"));
+    }
+    let origins: Vec<String> = v
+        .origins
+        .iter()
+        .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+        .collect();
+    if v.credentials && origins.iter().any(|o| o == "*") {
+        return Err(src
+            .at(c)
+            .err("cors: `credentials: true` cannot be combined with origin \"*\""));
+    }
+    let mut methods = Vec::new();
+    for m in v.methods.clone().unwrap_or_else(|| {
+        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+            .map(String::from)
+            .to_vec()
+    }) {
+        methods.push(
+            http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                src.at(c)
+                    .err(format!("cors.methods: {m:?} is not a method"))
+            })?,
+        );
+    }
+    let headers: Vec<String> = v
+        .headers
+        .clone()
+        .unwrap_or_else(|| vec!["authorization".into(), "content-type".into()])
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    for h in &headers {
+        HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+            src.at(c)
+                .err(format!("cors.headers: {h:?} is not a header name"))
+        })?;
+    }
+    Ok(crate::cors::Cors {
+        origins,
+        methods,
+        headers,
+        max_age: dur(src, &v.max_age, "cors.max_age", Duration::from_secs(600))?.as_secs(),
+        credentials: v.credentials,
+    })
+}
+
 pub(super) fn compile_policy(
     src: &Source,
     r: &Spanned<RouteFile>,
@@ -423,7 +473,8 @@ pub(super) fn compile_policy(
         || !v.claim_headers.is_empty()
         || v.token.cookie.is_some()
         || v.token.query.is_some()
-        || v.token.header.is_some();
+        || v.token.header.is_some()
+        || v.login_redirect.is_some();
     if auth == AuthMode::Public && uses_policy {
         return Err(src.at(r).err("auth: token rules (issuers, scopes, roles, claims, …) need `auth: required` or `optional`, not public"));
     }
@@ -501,5 +552,18 @@ pub(super) fn compile_policy(
         sources,
         forward_token: v.forward_token,
         claim_headers,
+        login_redirect: match &v.login_redirect {
+            None => None,
+            Some(l) => {
+                let ok = (l.value.starts_with("https://")
+                    || l.value.starts_with("http://")
+                    || l.value.starts_with('/'))
+                    && http::HeaderValue::from_str(&l.value).is_ok();
+                if !ok {
+                    return Err(src.at(l).err("login_redirect: an absolute http(s) URL or a path, e.g. https://login.example.com/?next={uri}"));
+                }
+                Some(l.value.clone())
+            }
+        },
     })
 }

@@ -163,6 +163,8 @@ pub struct AccessLogFile {
 pub struct HeadersFile {
     pub identity_prefix: Option<Spanned<String>>,
     pub request_id: Option<Spanned<String>>,
+    /// A file with a secret shared with upstreams: identity headers get an HMAC signature.
+    pub signature_secret_file: Option<Spanned<String>>,
 }
 
 /// A named group of backends.
@@ -249,6 +251,22 @@ pub struct RouteFile {
     pub forward_token: bool,
     #[serde(default)]
     pub claim_headers: BTreeMap<String, Spanned<String>>,
+    /// Browsers (Accept: text/html) without a valid token are sent here; `{uri}` is
+    /// replaced by the percent-encoded original request URI.
+    pub login_redirect: Option<Spanned<String>>,
+    pub cors: Option<Spanned<CorsFile>>,
+}
+
+/// Per-route CORS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsFile {
+    pub origins: Vec<String>,
+    pub methods: Option<Vec<String>>,
+    pub headers: Option<Vec<String>>,
+    pub max_age: Option<Spanned<DurationValue>>,
+    #[serde(default)]
+    pub credentials: bool,
 }
 
 /// `{all: [...]}` or `{any: [...]}`; a plain list means all.

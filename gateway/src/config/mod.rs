@@ -183,6 +183,8 @@ pub struct GatewayConfig {
     pub generation: u64,
     /// Identity header names under the prefix.
     pub identity_names: crate::auth::IdentityHeaderNames,
+    /// Secret for `X-Auth-Signature`, shared with upstreams.
+    pub signature_key: Option<Vec<u8>>,
 }
 
 /// What a reload hands over from the running config: backend health, issuer key caches and
@@ -536,7 +538,27 @@ fn compile(
         generation,
         token_cache.clone(),
     );
+    let signature_key = match &main.headers.signature_secret_file {
+        None => None,
+        Some(f) => {
+            let path = main_src.resolve(&f.value);
+            let raw = std::fs::read(&path).map_err(|e| {
+                main_src.at(f).err(format!(
+                    "headers.signature_secret_file: {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let secret = raw.strip_suffix(b"\n").unwrap_or(&raw).to_vec();
+            if secret.len() < 32 {
+                return Err(main_src
+                    .at(f)
+                    .err("headers.signature_secret_file: the secret must be at least 32 bytes"));
+            }
+            Some(secret)
+        }
+    };
     Ok(GatewayConfig {
+        signature_key,
         identity_names: crate::auth::IdentityHeaderNames::new(&identity_prefix),
         auth: auth_settings,
         verifier,
@@ -1187,8 +1209,14 @@ fn compile_route(
         },
     };
     let policy = auth::compile_policy(src, r, auth, issuers, identity)?;
+    let cors = v
+        .cors
+        .as_ref()
+        .map(|c| auth::compile_cors(src, c))
+        .transpose()?;
     Ok(Route {
         policy,
+        cors,
         source: src.at(r).desc(),
         name,
         host,
