@@ -9,7 +9,7 @@ deps:
 
 ## Build every binary of the workspace.
 build: deps
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --bins --examples
 
 ## Start the demo upstream and the gateway on 127.0.0.1 (Ctrl-C stops both).
 run: build

@@ -8,8 +8,8 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 status=0
-$cargo test --workspace --lib --bins 2>&1 | tee -a "$log" || status=1
-$cargo test -p portcullis-tests --tests -- --test-threads=2 2>&1 | tee -a "$log" || status=1
+$cargo test --workspace --exclude portcullis-tests 2>&1 | tee -a "$log" || status=1
+$cargo test -p portcullis-tests --lib --tests -- --test-threads=2 2>&1 | tee -a "$log" || status=1
 
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .*; ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')

@@ -1,0 +1,188 @@
+//! The "plugin" use: a Pingora proxy of your own that verifies tokens with the Portcullis
+//! verifier in its `request_filter` and forwards the identity headers.
+//!
+//! ```sh
+//! cargo run -p portcullis-gateway --example plugin -- \
+//!     --listen 127.0.0.1:6190 --upstream 127.0.0.1:9000 \
+//!     --issuer http://127.0.0.1:8081 --jwks http://127.0.0.1:8081/.well-known/jwks.json
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use jsonwebtoken::Algorithm;
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService};
+use portcullis_gateway::auth::{self, Identity, IdentityHeaderNames, Outcome};
+use portcullis_gateway::headers::IdentityPrefix;
+use portcullis_gateway::jwks::{IssuerKeys, KeySource, RefreshPolicy};
+use portcullis_gateway::policy::RoutePolicy;
+use portcullis_gateway::routes::AuthMode;
+use portcullis_gateway::verify::{Issuer, TokenCache, Verifier, VerifyObserver};
+
+/// Your proxy: anything you like, plus a verifier.
+struct MyProxy {
+    verifier: Verifier,
+    policy: RoutePolicy,
+    prefix: IdentityPrefix,
+    names: IdentityHeaderNames,
+    upstream: String,
+}
+
+/// Where verification outcomes go (your metrics); this example ignores them.
+struct NoMetrics;
+impl VerifyObserver for NoMetrics {
+    fn cache(&self, _hit: bool) {}
+}
+
+#[async_trait]
+impl ProxyHttp for MyProxy {
+    type CTX = Option<Identity>;
+
+    fn new_ctx(&self) -> Self::CTX {
+        None
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        // 1. Identity headers are ours alone: drop whatever the client sent.
+        self.prefix.strip(session.req_header_mut());
+        // 2. Verify the token and apply the route policy.
+        match auth::authenticate(
+            session.req_header(),
+            AuthMode::Required,
+            &self.policy,
+            &self.verifier,
+            &NoMetrics,
+        )
+        .await
+        {
+            Outcome::Allowed(identity) => {
+                *ctx = Some(identity);
+                Ok(false)
+            }
+            Outcome::Rejected(r) => {
+                let mut resp = pingora::http::ResponseHeader::build(r.status, None)?;
+                resp.insert_header("WWW-Authenticate", r.www_authenticate("example"))?;
+                resp.insert_header("Content-Type", "application/json")?;
+                let body = Bytes::from(format!(
+                    "{{\"error\":\"{}\"}}",
+                    r.error.unwrap_or("unauthorized")
+                ));
+                resp.insert_header("Content-Length", body.len().to_string())?;
+                session.write_response_header(Box::new(resp), false).await?;
+                session.write_response_body(Some(body), true).await?;
+                Ok(true)
+            }
+            Outcome::Public | Outcome::Anonymous => Ok(false),
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(
+            self.upstream.as_str(),
+            false,
+            String::new(),
+        )))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut pingora::http::RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // 3. Hand the verified identity to the app.
+        if let Some(identity) = ctx {
+            for (name, value) in identity.headers(&self.names) {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        upstream.remove_header("Authorization");
+        Ok(())
+    }
+}
+
+/// Keeps the issuer's keys fresh (a real deployment may share one refresher for many issuers).
+struct Refresh(Arc<IssuerKeys>);
+
+#[async_trait]
+impl BackgroundService for Refresh {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            if self.0.refresh_due() {
+                let _ = self.0.refresh().await;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let (Some(listen), Some(upstream), Some(iss), Some(jwks)) = (
+        arg("--listen"),
+        arg("--upstream"),
+        arg("--issuer"),
+        arg("--jwks"),
+    ) else {
+        eprintln!(
+            "usage: plugin --listen ADDR --upstream ADDR --issuer ISS --jwks URL [--audience AUD]"
+        );
+        std::process::exit(2);
+    };
+    let keys = IssuerKeys::new(
+        "example".into(),
+        KeySource::Remote(jwks),
+        RefreshPolicy::default(),
+    );
+    let issuer = Arc::new(Issuer {
+        name: "example".into(),
+        iss,
+        keys: keys.clone(),
+        algorithms: vec![Algorithm::ES256, Algorithm::RS256, Algorithm::EdDSA],
+        audiences: arg("--audience").into_iter().collect(),
+        leeway: 30,
+        typ: vec!["at+jwt".into()],
+        required: true,
+    });
+    let prefix = IdentityPrefix::new("X-Auth-");
+    let proxy = MyProxy {
+        verifier: Verifier::new(vec![issuer], 8 * 1024, 1, Arc::new(TokenCache::new(10_000))),
+        policy: RoutePolicy::default(),
+        names: IdentityHeaderNames::new(&prefix),
+        prefix,
+        upstream,
+    };
+
+    let mut server = Server::new_with_opt_and_conf(
+        None,
+        ServerConf {
+            threads: 1,
+            ..ServerConf::default()
+        },
+    );
+    server.bootstrap();
+    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    svc.add_tcp(&listen);
+    server.add_service(svc);
+    server.add_service(background_service("jwks", Refresh(keys)));
+    server.run_forever();
+}
