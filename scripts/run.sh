@@ -31,7 +31,7 @@ Try:
   curl -s http://127.0.0.1:8080/public/hello                  # proxied: the echo of what the upstream saw
   curl -s http://127.0.0.1:8080/public/hello -H 'X-Auth-Subject: admin'
                                                                # forged identity header: stripped, not in the echo
-  curl -s -i http://127.0.0.1:8080/api/orders                 # protected route: 401 until a trusted issuer is configured
+  curl -s -i http://127.0.0.1:8080/api/orders                 # protected route: 401 with WWW-Authenticate: Bearer
   curl -s -i 'http://127.0.0.1:8080/public/..%2Fadmin'        # ambiguous path: 400
   curl -sk --http2 https://127.0.0.1:8443/healthz             # TLS + HTTP/2
   curl -s http://127.0.0.1:9901/metrics | grep portcullis_    # Prometheus metrics
