@@ -165,7 +165,7 @@ impl Denial {
 pub struct RoutePolicy {
     /// Accepted issuer names (empty: any trusted issuer).
     pub issuers: Vec<String>,
-    /// Audiences (None: the issuer's defaults, already checked at verification).
+    /// Audiences (None: the issuer's defaults).
     pub audiences: Option<Vec<String>>,
     /// Scope requirement.
     pub scopes: Option<Requirement>,
@@ -193,10 +193,10 @@ impl RoutePolicy {
         if !self.issuers.is_empty() && !self.issuers.contains(&tok.issuer.name) {
             return Err(Denial::WrongIssuer);
         }
-        if let Some(auds) = &self.audiences {
-            if !tok.audiences.iter().any(|a| auds.contains(a)) {
-                return Err(Denial::WrongAudience);
-            }
+        // The route's audiences replace the issuer's defaults; none at all means no check.
+        let auds = self.audiences.as_ref().unwrap_or(&tok.issuer.audiences);
+        if !auds.is_empty() && !tok.audiences.iter().any(|a| auds.contains(a)) {
+            return Err(Denial::WrongAudience);
         }
         if let Some(max) = self.max_age {
             match tok.auth_time {
