@@ -10,7 +10,7 @@ use pingora::http::RequestHeader;
 use serde_json::Value;
 
 use crate::headers::IdentityPrefix;
-use crate::policy::{Denial, RoutePolicy};
+use crate::policy::{ArrayFormat, Denial, RoutePolicy};
 use crate::routes::AuthMode;
 use crate::token::{self, TokenSourceError};
 use crate::verify::{header_value, now_secs, AuthError, VerifiedToken, Verifier, VerifyObserver};
@@ -157,19 +157,23 @@ pub enum Outcome {
     Rejected(Rejection),
 }
 
-fn claim_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(items) if items.iter().all(|i| !i.is_array() && !i.is_object()) => items
-            .iter()
-            .map(|i| {
-                i.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| i.to_string())
-            })
-            .collect::<Vec<_>>()
-            .join(","),
-        other => other.to_string(),
+fn claim_text(v: &Value, arrays: &ArrayFormat) -> String {
+    match (v, arrays) {
+        (Value::String(s), _) => s.clone(),
+        (Value::Array(items), ArrayFormat::Join(sep))
+            if items.iter().all(|i| !i.is_array() && !i.is_object()) =>
+        {
+            items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| i.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(sep)
+        }
+        (other, _) => other.to_string(),
     }
 }
 
@@ -200,7 +204,7 @@ pub async fn authenticate(
     let mut extra = Vec::with_capacity(policy.claim_headers.len());
     for (path, name) in &policy.claim_headers {
         if let Some(v) = verified.claim(path) {
-            match header_value(&claim_text(v)) {
+            match header_value(&claim_text(v, &policy.claim_arrays)) {
                 Ok(value) => extra.push((name.clone(), value)),
                 Err(e) => return Outcome::Rejected(Rejection::token(e)),
             }
@@ -210,4 +214,27 @@ pub async fn authenticate(
         token: verified,
         extra,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn claim_values_as_header_text() {
+        let comma = ArrayFormat::default();
+        assert_eq!(claim_text(&json!("pro"), &comma), "pro");
+        assert_eq!(claim_text(&json!(["a", "b", 3]), &comma), "a,b,3");
+        assert_eq!(
+            claim_text(&json!(["a", "b"]), &ArrayFormat::Join(" ".into())),
+            "a b"
+        );
+        assert_eq!(
+            claim_text(&json!(["a", "b"]), &ArrayFormat::Json),
+            r#"["a","b"]"#
+        );
+        assert_eq!(claim_text(&json!({"k": 1}), &comma), r#"{"k":1}"#);
+        assert_eq!(claim_text(&json!(true), &comma), "true");
+    }
 }

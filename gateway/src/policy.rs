@@ -185,6 +185,23 @@ pub struct RoutePolicy {
     pub claim_headers: Vec<(Vec<String>, HeaderName)>,
     /// Where browsers without a valid token are redirected (`{uri}` placeholder).
     pub login_redirect: Option<String>,
+    /// How array claims are written into `claim_headers`.
+    pub claim_arrays: ArrayFormat,
+}
+
+/// How an array claim becomes one header value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArrayFormat {
+    /// Scalars joined with this separator.
+    Join(String),
+    /// The array as JSON.
+    Json,
+}
+
+impl Default for ArrayFormat {
+    fn default() -> Self {
+        ArrayFormat::Join(",".to_string())
+    }
 }
 
 impl RoutePolicy {

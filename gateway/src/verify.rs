@@ -350,7 +350,9 @@ impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for ExpireAtExp {
     ) -> Option<Duration> {
         // Never outlive the token (leeway included: the hit path re-checks exp anyway).
         Some(Duration::from_secs(
-            (v.exp + v.issuer.leeway).saturating_sub(now_secs()),
+            v.exp
+                .saturating_add(v.issuer.leeway)
+                .saturating_sub(now_secs()),
         ))
     }
 }
@@ -441,7 +443,7 @@ impl Verifier {
         if let Some(hit) = self.cache.cache.get(&key) {
             observer.cache(true);
             let now = now_secs();
-            if hit.exp + hit.issuer.leeway <= now {
+            if hit.exp.saturating_add(hit.issuer.leeway) <= now {
                 self.cache.cache.invalidate(&key);
                 return Err(AuthError::Expired);
             }

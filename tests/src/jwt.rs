@@ -834,7 +834,12 @@ pub struct JwksServer {
 impl JwksServer {
     /// Starts a server with an empty key set.
     pub fn start() -> JwksServer {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind JWKS server");
+        Self::start_on(0)
+    }
+
+    /// Starts on a fixed port (0 for any), e.g. where a shipped config expects its issuer.
+    pub fn start_on(port: u16) -> JwksServer {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind JWKS server");
         listener.set_nonblocking(true).expect("non-blocking");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(ServerState {

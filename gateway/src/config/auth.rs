@@ -474,7 +474,8 @@ pub(super) fn compile_policy(
         || v.token.cookie.is_some()
         || v.token.query.is_some()
         || v.token.header.is_some()
-        || v.login_redirect.is_some();
+        || v.login_redirect.is_some()
+        || v.claim_arrays.is_some();
     if auth == AuthMode::Public && uses_policy {
         return Err(src.at(r).err("auth: token rules (issuers, scopes, roles, claims, …) need `auth: required` or `optional`, not public"));
     }
@@ -552,6 +553,14 @@ pub(super) fn compile_policy(
         sources,
         forward_token: v.forward_token,
         claim_headers,
+        claim_arrays: match &v.claim_arrays {
+            None => crate::policy::ArrayFormat::default(),
+            Some(a) if a.value == "json" => crate::policy::ArrayFormat::Json,
+            Some(a) if !a.value.is_empty() && a.value.len() <= 8 && a.value.chars().all(|c| c.is_ascii_graphic() || c == ' ') => {
+                crate::policy::ArrayFormat::Join(a.value.clone())
+            }
+            Some(a) => return Err(src.at(a).err("claim_arrays: a separator of 1-8 visible characters (e.g. \",\" or \" \"), or json")),
+        },
         login_redirect: match &v.login_redirect {
             None => None,
             Some(l) => {

@@ -251,6 +251,8 @@ pub struct RouteFile {
     pub forward_token: bool,
     #[serde(default)]
     pub claim_headers: BTreeMap<String, Spanned<String>>,
+    /// How array claims become header values: a separator (default ",") or `json`.
+    pub claim_arrays: Option<Spanned<String>>,
     /// Browsers (Accept: text/html) without a valid token are sent here; `{uri}` is
     /// replaced by the percent-encoded original request URI.
     pub login_redirect: Option<Spanned<String>>,
