@@ -205,3 +205,87 @@ fn identity_headers_carry_a_verifiable_signature() {
     let want = format!("v1={}", jwt::b64url(mac.finalize().into_bytes()));
     assert_eq!(sigs[0], want);
 }
+
+#[test]
+fn require_keys_at_start_exits_when_the_issuer_is_unreachable() {
+    let dir = tempdir();
+    let dead = free_port();
+    let body = format!(
+        "auth:\n  require_keys_at_start: true\nissuers:\n  - name: gone\n    issuer: http://127.0.0.1:{dead}\n    jwks_url: http://127.0.0.1:{dead}/jwks.json\n    refresh: {{timeout: 1s}}\nroutes:\n  - name: r\n    auth: public\n    return: 200 \"ok\"\n"
+    );
+    let port = free_port();
+    let admin = free_port();
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}listeners:\n  - address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin}\n{body}",
+            server_block(dir.path())
+        ),
+    )
+    .unwrap();
+    let mut gw = Proc::spawn(
+        "gateway",
+        &bin("portcullis-gateway"),
+        &["-c", config.to_str().unwrap()],
+        dir.path(),
+    );
+    let code = gw.wait_exit(Duration::from_secs(20));
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "expected a failing exit, got {code:?}"
+    );
+    assert!(
+        gw.stderr_text().contains("require_keys_at_start"),
+        "{}",
+        gw.stderr_text()
+    );
+}
+
+#[test]
+fn access_log_records_outcome_reason_and_subject_but_never_the_token() {
+    let dir = tempdir();
+    let key = TestKey::ec_p256().with_kid("k1");
+    let jwks = JwksServer::serving(&[&key]);
+    let up = start_upstream("app", dir.path(), &[]);
+    let log = dir.path().join("access.log");
+    let main = format!("access_log:\n  format: json\n  path: {}\n", log.display());
+    let gw = start_gateway(dir.path(), &config(&jwks, up.port, &main));
+    wait_ready(&gw);
+    let good = token(&jwks, &key);
+    assert_eq!(
+        raw_get(
+            gw.port,
+            "/api/x",
+            &[("Authorization", &format!("Bearer {good}"))]
+        )
+        .status,
+        200
+    );
+    let bad = jwt::corrupt_signature(&good);
+    assert_eq!(
+        raw_get(
+            gw.port,
+            "/api/x",
+            &[("Authorization", &format!("Bearer {bad}"))]
+        )
+        .status,
+        401
+    );
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    assert!(wait_for(Duration::from_secs(5), || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        lines.len() >= 2
+    }));
+    assert_eq!(lines[0]["auth"], "ok");
+    assert_eq!(lines[0]["subject"], "user-7");
+    assert_eq!(lines[1]["auth"], "denied");
+    assert_eq!(lines[1]["auth_reason"], "bad_signature");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let signature = good.rsplit('.').next().unwrap();
+    assert!(!text.contains(signature), "the token must never be logged");
+}
