@@ -133,19 +133,7 @@ impl Gateway {
                     .await?;
                     return Ok(false);
                 }
-                let challenge = r.www_authenticate(&cfg.auth.realm);
-                let extra = if r.status == 400 {
-                    Vec::new()
-                } else {
-                    vec![(header::WWW_AUTHENTICATE, challenge)]
-                };
-                let body = error_body(
-                    r.error.unwrap_or("unauthorized"),
-                    r.description,
-                    &ctx.request_id,
-                );
-                self.respond(session, ctx, r.status, "application/json", body, &extra)
-                    .await?;
+                self.respond_rejection(session, ctx, &r).await?;
                 return Ok(false);
             }
         }
@@ -226,21 +214,7 @@ impl Gateway {
                     .auth
                     .with_label_values(&["denied", r.reason])
                     .inc();
-                let extra = if r.status == 400 {
-                    Vec::new()
-                } else {
-                    vec![(
-                        header::WWW_AUTHENTICATE,
-                        r.www_authenticate(&cfg.auth.realm),
-                    )]
-                };
-                let body = error_body(
-                    r.error.unwrap_or("unauthorized"),
-                    r.description,
-                    &ctx.request_id,
-                );
-                self.respond(session, ctx, r.status, "application/json", body, &extra)
-                    .await
+                self.respond_rejection(session, ctx, &r).await
             }
             other => {
                 let mut extra: Vec<(header::HeaderName, HeaderValue)> = Vec::new();
@@ -272,6 +246,30 @@ impl Gateway {
                 .await
             }
         }
+    }
+
+    /// Answers a rejection per RFC 6750: challenge (except for 400) and JSON body.
+    async fn respond_rejection(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        r: &auth::Rejection,
+    ) -> Result<()> {
+        let extra = if r.status == 400 {
+            Vec::new()
+        } else {
+            vec![(
+                header::WWW_AUTHENTICATE,
+                r.www_authenticate(&ctx.config.auth.realm),
+            )]
+        };
+        let body = error_body(
+            r.error.unwrap_or("unauthorized"),
+            r.description,
+            &ctx.request_id,
+        );
+        self.respond(session, ctx, r.status, "application/json", body, &extra)
+            .await
     }
 
     /// Writes a complete response the gateway produced itself.
