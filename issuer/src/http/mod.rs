@@ -1,0 +1,150 @@
+//! HTTP surface: the public API, the admin API, and their shared error type.
+
+pub mod admin;
+pub mod public;
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// An error answer: `{"error", "error_description"}` with the right status.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// Human-readable text (never secrets).
+    pub description: String,
+    /// Extra headers (`WWW-Authenticate`, `Retry-After`).
+    pub headers: Vec<(header::HeaderName, String)>,
+}
+
+impl ApiError {
+    /// A 4xx/5xx with code and description.
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            description: description.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// 400 invalid_request.
+    pub fn bad_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    /// 401 with a challenge.
+    pub fn unauthorized(code: &'static str, description: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, code, description);
+        e.headers.push((
+            header::WWW_AUTHENTICATE,
+            "Bearer realm=\"portcullis-issuer\"".into(),
+        ));
+        e
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn too_many(retry_after: i64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many attempts; try again later",
+        );
+        e.headers
+            .push((header::RETRY_AFTER, retry_after.max(1).to_string()));
+        e
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.code, "error_description": self.description});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        for (n, v) in self.headers {
+            if let Ok(v) = v.parse() {
+                resp.headers_mut().insert(n, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::NotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+            }
+            crate::store::StoreError::Conflict(field) => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("{field} is already taken"),
+            ),
+            other => {
+                tracing::error!("store error: {other}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable",
+                )
+            }
+        }
+    }
+}
+
+impl From<crate::crypto::CryptoError> for ApiError {
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        tracing::error!("crypto error: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "the request could not be completed",
+        )
+    }
+}
+
+/// Parses a JSON body, insisting on `Content-Type: application/json`.
+pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.to_ascii_lowercase().starts_with("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "send a JSON body with Content-Type: application/json",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// JSON 404 for unknown paths (axum's default is an empty body).
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// JSON 405 for known paths with another method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
+}
+
+/// Requests larger than this are refused with 413 before parsing.
+pub const MAX_BODY: usize = 64 * 1024;

@@ -1,0 +1,637 @@
+//! The public API: logins, refresh, logout, sign-up, the caller's profile, JWKS, discovery.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{bearer, json_body, ApiError};
+use crate::app::{now, App, TokenPair};
+use crate::crypto::{password, secrets};
+use crate::store::{NewUser, RotateOutcome, Session, User};
+
+/// The public router.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/v1/auth/password", post(password_login))
+        .route("/v1/auth/api-key", post(api_key_login))
+        .route("/v1/auth/anonymous", post(anonymous_login))
+        .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/auth/logout", post(logout))
+        .route("/v1/users", post(signup))
+        .route("/v1/users/me", get(me).patch(update_me))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .fallback(super::not_found)
+        .method_not_allowed_fallback(super::method_not_allowed)
+        .with_state(app)
+}
+
+async fn jwks(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let view = app.keys.view();
+    let cache = [
+        (header::CACHE_CONTROL, "public, max-age=300".to_string()),
+        (header::ETAG, view.etag.clone()),
+    ];
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == view.etag));
+    if matches {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    (
+        StatusCode::OK,
+        cache,
+        [(header::CONTENT_TYPE, "application/json".to_string())],
+        view.jwks.clone(),
+    )
+        .into_response()
+}
+
+async fn discovery(State(app): State<Arc<App>>) -> Json<Value> {
+    let iss = &app.cfg.issuer;
+    Json(json!({
+        "issuer": iss,
+        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+        "token_endpoint": format!("{iss}/oauth/token"),
+        "grant_types_supported": ["password", "refresh_token", "client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "id_token_signing_alg_values_supported": [app.cfg.key_alg],
+        "response_types_supported": ["token"],
+        "subject_types_supported": ["public"],
+    }))
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.store.ping().await {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "database unavailable"})),
+        )
+            .into_response()
+    }
+}
+
+/// The client address: the gateway's `X-Real-IP` when the peer is local, else the peer.
+fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> String {
+    if peer.ip().is_loopback() {
+        if let Some(ip) = headers.get("x-real-ip").and_then(|v| v.to_str().ok()) {
+            return ip.to_string();
+        }
+    }
+    peer.ip().to_string()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordLogin {
+    email: Option<String>,
+    username: Option<String>,
+    password: String,
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// Runs argon2 off the async runtime, at most `max_concurrent_hashes` at a time.
+async fn with_hash_slot<T: Send + 'static>(
+    app: &App,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = app.hash_slots.acquire().await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "shutting down",
+        )
+    })?;
+    tokio::task::spawn_blocking(f).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "the request could not be completed",
+        )
+    })
+}
+
+/// Checks both failure budgets; returns `Retry-After` seconds when one is exhausted.
+async fn locked_out(app: &App, account_key: &str, ip_key: &str) -> Result<Option<i64>, ApiError> {
+    let window = app.cfg.failure_window.as_secs() as i64;
+    let t = now();
+    let acct = app.store.peek_limit(account_key, window, t).await?;
+    let ip = app.store.peek_limit(ip_key, window, t).await?;
+    if acct >= app.cfg.max_failures_per_account || ip >= app.cfg.max_failures_per_ip {
+        return Ok(Some(window - t.rem_euclid(window)));
+    }
+    Ok(None)
+}
+
+async fn password_login(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<TokenPair>, ApiError> {
+    let (login, pw) = match basic_credentials(&headers) {
+        Some(c) => c,
+        None => {
+            let b: PasswordLogin = json_body(&headers, &body)?;
+            let login = b.email.or(b.username).ok_or_else(|| {
+                ApiError::bad_request("give `email` or `username` with `password`")
+            })?;
+            (login, b.password)
+        }
+    };
+    let login = login.trim().to_lowercase();
+    if login.is_empty() || pw.is_empty() || pw.chars().count() > app.cfg.password_max {
+        return Err(ApiError::bad_request("missing or oversized credentials"));
+    }
+    let account_key = format!("pwfail:acct:{login}");
+    let ip_key = format!("pwfail:ip:{}", client_ip(peer, &headers));
+    if let Some(retry) = locked_out(&app, &account_key, &ip_key).await? {
+        return Err(ApiError::too_many(retry));
+    }
+    let user = match app.store.find_user_by_email(&login).await? {
+        Some(u) => Some(u),
+        None => app.store.find_user_by_username(&login).await?,
+    };
+    let params = app.password;
+    let stored = user
+        .as_ref()
+        .and_then(|u| u.password_hash.clone())
+        .filter(|_| user.as_ref().is_some_and(|u| !u.disabled));
+    let pw_for_check = pw.clone();
+    let ok = with_hash_slot(&app, move || match stored {
+        Some(phc) => password::verify(&pw_for_check, &phc),
+        None => {
+            // Same work for unknown users, so timing does not reveal which accounts exist.
+            password::dummy_verify(&pw_for_check, &params);
+            false
+        }
+    })
+    .await?;
+    let Some(mut user) = user.filter(|_| ok) else {
+        let window = app.cfg.failure_window.as_secs() as i64;
+        app.store.hit_limit(&account_key, window, now()).await?;
+        app.store.hit_limit(&ip_key, window, now()).await?;
+        return Err(ApiError::unauthorized(
+            "invalid_grant",
+            "wrong email, username or password",
+        ));
+    };
+    app.store.reset_limit(&account_key).await?;
+    if user
+        .password_hash
+        .as_deref()
+        .is_some_and(|h| password::needs_rehash(h, &app.password))
+    {
+        // Parameters were raised since this hash was made: upgrade it now that we have the password.
+        let params = app.password;
+        if let Ok(h) = with_hash_slot(&app, move || password::hash(&pw, &params)).await? {
+            user.password_hash = Some(h);
+            app.store.update_user(&user).await?;
+        }
+    }
+    let roles = user.roles.clone();
+    Ok(Json(app.login(&user, "pwd", &[], &roles).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeyLogin {
+    api_key: String,
+}
+
+async fn api_key_login(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<TokenPair>, ApiError> {
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("apikey"))
+        .map(|(_, k)| k.trim().to_string());
+    let key = match from_header {
+        Some(k) => k,
+        None => json_body::<ApiKeyLogin>(&headers, &body)?.api_key,
+    };
+    let invalid =
+        || ApiError::unauthorized("invalid_client", "unknown, revoked or expired API key");
+    let (prefix, full) = secrets::parse_api_key(&key).ok_or_else(invalid)?;
+    let record = app
+        .store
+        .find_api_key_by_prefix(&prefix)
+        .await?
+        .ok_or_else(invalid)?;
+    let t = now();
+    if !secrets::constant_time_eq(&secrets::hash_api_key(&full, &app.pepper), &record.hash)
+        || record.revoked_at.is_some()
+        || record.expires_at.is_some_and(|e| e <= t)
+    {
+        return Err(invalid());
+    }
+    app.store.touch_api_key(&record.id, t).await?;
+    // The key is bound to its subject: tokens name that subject, nothing the caller says.
+    let user = match app.store.get_user(&record.subject).await {
+        Ok(u) => u,
+        Err(crate::store::StoreError::NotFound) => service_user(&record.subject),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Json(
+        app.login(&user, "key", &record.scopes, &record.roles)
+            .await?,
+    ))
+}
+
+/// A machine identity that has no account row.
+fn service_user(subject: &str) -> User {
+    User {
+        id: subject.to_string(),
+        email: None,
+        username: None,
+        phone: None,
+        password_hash: None,
+        roles: Vec::new(),
+        app_metadata: json!({}),
+        user_metadata: json!({}),
+        anonymous: false,
+        email_confirmed_at: None,
+        disabled: false,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+async fn anonymous_login(
+    State(app): State<Arc<App>>,
+) -> Result<(StatusCode, Json<TokenPair>), ApiError> {
+    if !app.cfg.anonymous_enabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "disabled",
+            "anonymous sign-in is disabled",
+        ));
+    }
+    let user = app
+        .store
+        .create_user(&NewUser {
+            email: None,
+            username: None,
+            phone: None,
+            password_hash: None,
+            roles: Vec::new(),
+            app_metadata: json!({}),
+            user_metadata: json!({}),
+            anonymous: true,
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(app.login(&user, "anon", &[], &[]).await?),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+/// Rotates a refresh token: the answer carries a new pair.
+pub async fn rotate(app: &App, presented: &str) -> Result<TokenPair, ApiError> {
+    let invalid = |why: &str| ApiError::unauthorized("invalid_grant", why.to_string());
+    if presented.len() > 256 {
+        return Err(invalid("unknown refresh token"));
+    }
+    let new_refresh = secrets::random_token();
+    let outcome = app
+        .store
+        .rotate_refresh(
+            &secrets::hash_token(presented),
+            &secrets::hash_token(&new_refresh),
+            now(),
+            app.cfg.refresh_reuse_grace.as_secs() as i64,
+            app.cfg.session_idle.as_secs() as i64,
+        )
+        .await?;
+    let session: Session = match outcome {
+        RotateOutcome::Rotated { session } | RotateOutcome::WithinGrace { session } => session,
+        RotateOutcome::Reused { .. } => {
+            return Err(invalid(
+                "refresh token reuse detected: the session has been revoked",
+            ))
+        }
+        RotateOutcome::Unknown => return Err(invalid("unknown refresh token")),
+        RotateOutcome::SessionInactive => {
+            return Err(invalid("the session has expired or was revoked"))
+        }
+    };
+    // Accounts get their current roles (an admin may have changed them); machine principals
+    // keep what their API key granted at login.
+    let (user, roles) = match app.store.get_user(&session.user_id).await {
+        Ok(u) if u.anonymous || u.password_hash.is_some() || u.email.is_some() => {
+            let roles = u.roles.clone();
+            (u, roles)
+        }
+        Ok(u) => (u, session.roles.clone()),
+        Err(crate::store::StoreError::NotFound) => {
+            (service_user(&session.user_id), session.roles.clone())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if user.disabled {
+        return Err(invalid("the account is disabled"));
+    }
+    let access_token = app.access_token(&user, &session, &session.scopes, &roles)?;
+    Ok(TokenPair {
+        access_token,
+        token_type: "Bearer",
+        expires_in: app.cfg.access_ttl.as_secs(),
+        refresh_token: new_refresh,
+    })
+}
+
+async fn refresh(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<TokenPair>, ApiError> {
+    let b: RefreshBody = json_body(&headers, &body)?;
+    Ok(Json(rotate(&app, &b.refresh_token).await?))
+}
+
+/// Claims of a valid access token from this issuer (signature, expiry, type, issuer).
+pub fn verify_access(app: &App, token: &str) -> Result<Value, ApiError> {
+    let invalid = || ApiError::unauthorized("invalid_token", "invalid or expired access token");
+    let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
+    // A refresh token is opaque: it never parses as a JWT, so it cannot pass here.
+    if header.typ.as_deref().map(|t| t.to_ascii_lowercase()) != Some("at+jwt".into()) {
+        return Err(invalid());
+    }
+    let kid = header.kid.ok_or_else(invalid)?;
+    let view = app.keys.view();
+    let key = view
+        .keys
+        .iter()
+        .find(|k| k.kid == kid)
+        .ok_or_else(invalid)?;
+    let jwk: jsonwebtoken::jwk::Jwk =
+        serde_json::from_str(&key.public_jwk).map_err(|_| invalid())?;
+    let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|_| invalid())?;
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_issuer(&[&app.cfg.issuer]);
+    validation.set_audience(&app.cfg.audiences);
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    let data =
+        jsonwebtoken::decode::<Value>(token, &decoding, &validation).map_err(|_| invalid())?;
+    Ok(data.claims)
+}
+
+/// The caller's user, from an access token whose session is still active.
+async fn caller(app: &App, headers: &HeaderMap) -> Result<(User, Value), ApiError> {
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError::unauthorized("invalid_token", "a bearer access token is required")
+    })?;
+    let claims = verify_access(app, token)?;
+    let sid = claims
+        .get("sid")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let active = match app.store.get_session(sid).await {
+        Ok(s) => s.revoked_at.is_none(),
+        Err(crate::store::StoreError::NotFound) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if !active {
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "the session has been revoked",
+        ));
+    }
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let user = app
+        .store
+        .get_user(sub)
+        .await
+        .map_err(|_| ApiError::unauthorized("invalid_token", "unknown user"))?;
+    Ok((user, claims))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogoutBody {
+    refresh_token: Option<String>,
+}
+
+async fn logout(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let session_id = if let Some(token) = bearer(&headers) {
+        let claims = verify_access(&app, token)?;
+        claims
+            .get("sid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    } else {
+        let b: LogoutBody = json_body(&headers, &body)?;
+        let rt = b.refresh_token.ok_or_else(|| {
+            ApiError::bad_request("give a bearer access token or `refresh_token`")
+        })?;
+        match app
+            .store
+            .find_session_by_refresh(&secrets::hash_token(&rt))
+            .await
+        {
+            Ok(Some(s)) => s.id,
+            Ok(None) | Err(crate::store::StoreError::NotFound) => {
+                return Ok(StatusCode::NO_CONTENT)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    match app.store.revoke_session(&session_id, now(), "logout").await {
+        Ok(()) | Err(crate::store::StoreError::NotFound) => Ok(StatusCode::NO_CONTENT),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignupBody {
+    email: String,
+    password: String,
+    username: Option<String>,
+    #[serde(default)]
+    user_metadata: Option<Value>,
+}
+
+fn valid_email(e: &str) -> bool {
+    let Some((local, domain)) = e.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && e.len() <= 254
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn password_problem(app: &App, pw: &str) -> Result<(), ApiError> {
+    password::check_policy(pw, app.cfg.password_min, app.cfg.password_max).map_err(|p| {
+        let text = match p {
+            password::PasswordProblem::TooShort { min } => {
+                format!("the password must have at least {min} characters")
+            }
+            password::PasswordProblem::TooLong { max } => {
+                format!("the password must have at most {max} characters")
+            }
+            password::PasswordProblem::Common => {
+                "this password is too common; choose another".to_string()
+            }
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "weak_password", text)
+    })
+}
+
+async fn signup(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<TokenPair>), ApiError> {
+    if !app.cfg.signup_enabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "disabled",
+            "sign-up is disabled",
+        ));
+    }
+    let b: SignupBody = json_body(&headers, &body)?;
+    let email = b.email.trim().to_lowercase();
+    if !valid_email(&email) {
+        return Err(ApiError::bad_request("`email` is not a valid address"));
+    }
+    password_problem(&app, &b.password)?;
+    let params = app.password;
+    let pw = b.password.clone();
+    let hash = with_hash_slot(&app, move || password::hash(&pw, &params)).await??;
+    let user = app
+        .store
+        .create_user(&NewUser {
+            email: Some(email),
+            username: b.username.map(|u| u.trim().to_lowercase()),
+            phone: None,
+            password_hash: Some(hash),
+            roles: Vec::new(),
+            app_metadata: json!({}),
+            user_metadata: b.user_metadata.unwrap_or_else(|| json!({})),
+            anonymous: false,
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(app.login(&user, "pwd", &[], &[]).await?),
+    ))
+}
+
+/// The public view of a user (never the password hash).
+pub fn user_json(u: &User) -> Value {
+    json!({
+        "id": u.id, "email": u.email, "username": u.username, "phone": u.phone,
+        "roles": u.roles, "app_metadata": u.app_metadata, "user_metadata": u.user_metadata,
+        "anonymous": u.anonymous, "email_confirmed_at": u.email_confirmed_at, "disabled": u.disabled,
+        "created_at": u.created_at, "updated_at": u.updated_at,
+    })
+}
+
+async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let (user, _) = caller(&app, &headers).await?;
+    Ok(Json(user_json(&user)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateMe {
+    email: Option<String>,
+    password: Option<String>,
+    old_password: Option<String>,
+    user_metadata: Option<Value>,
+}
+
+async fn update_me(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let (mut user, _) = caller(&app, &headers).await?;
+    let b: UpdateMe = json_body(&headers, &body)?;
+    if let Some(email) = b.email {
+        let email = email.trim().to_lowercase();
+        if !valid_email(&email) {
+            return Err(ApiError::bad_request("`email` is not a valid address"));
+        }
+        user.email = Some(email);
+        user.email_confirmed_at = None;
+    }
+    if let Some(pw) = b.password {
+        password_problem(&app, &pw)?;
+        if let Some(current) = user.password_hash.clone() {
+            // Changing a password needs the old one: a stolen access token is not enough.
+            let old = b.old_password.ok_or_else(|| {
+                ApiError::bad_request("`old_password` is required to change the password")
+            })?;
+            if !with_hash_slot(&app, move || password::verify(&old, &current)).await? {
+                return Err(ApiError::unauthorized(
+                    "invalid_grant",
+                    "the old password is wrong",
+                ));
+            }
+        }
+        let params = app.password;
+        user.password_hash =
+            Some(with_hash_slot(&app, move || password::hash(&pw, &params)).await??);
+    }
+    if let Some(meta) = b.user_metadata {
+        if !meta.is_object() {
+            return Err(ApiError::bad_request("`user_metadata` must be an object"));
+        }
+        user.user_metadata = meta;
+    }
+    // An anonymous user that now has an email and a password is a real account, same subject.
+    if user.anonymous && user.email.is_some() && user.password_hash.is_some() {
+        user.anonymous = false;
+    }
+    app.store.update_user(&user).await?;
+    let user = app.store.get_user(&user.id).await?;
+    Ok(Json(user_json(&user)))
+}

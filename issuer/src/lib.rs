@@ -1,0 +1,7 @@
+//! Portcullis issuer: accounts, logins, tokens and keys.
+pub mod app;
+pub mod config;
+pub mod crypto;
+pub mod http;
+pub mod keys;
+pub mod store;

@@ -1,0 +1,380 @@
+//! Login sessions and their rotating refresh tokens.
+//!
+//! A session is what a login creates; every refresh token belongs to one. Tokens are stored
+//! only as hashes and are single-use: [`Store::rotate_refresh`] retires the presented token
+//! and stores its successor. Presenting a retired token again after the grace period is
+//! treated as theft and revokes the whole session.
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::{decode_list, encode_list, Store, StoreError};
+
+/// Revocation reason recorded when a rotated refresh token is presented again.
+pub const REASON_REFRESH_REUSE: &str = "refresh_reuse";
+
+/// A login session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// Random id; the `sid` claim.
+    pub id: String,
+    /// Subject the session belongs to (a user id, or a machine principal).
+    pub user_id: String,
+    /// Authentication methods of the login (`pwd`, `sms`, `key`, `anon`).
+    pub amr: Vec<String>,
+    /// Scopes granted at login (an API key's scopes), carried into refreshed tokens.
+    pub scopes: Vec<String>,
+    /// Roles granted at login for principals without an account row (API keys).
+    pub roles: Vec<String>,
+    /// Login time.
+    pub created_at: i64,
+    /// Last refresh; drives the idle timeout.
+    pub last_used_at: i64,
+    /// Absolute end of the session, whatever its activity.
+    pub expires_at: i64,
+    /// When it was revoked (logout, admin, refresh reuse).
+    pub revoked_at: Option<i64>,
+    /// Why it was revoked.
+    pub revoked_reason: Option<String>,
+}
+
+/// A stored refresh token (by hash), as [`Store::find_refresh_token`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshToken {
+    /// The session it belongs to.
+    pub session_id: String,
+    /// When it was issued.
+    pub created_at: i64,
+    /// When it was exchanged; a rotated token no longer refreshes (beyond the grace period).
+    pub rotated_at: Option<i64>,
+}
+
+/// What [`Store::rotate_refresh`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The token was current; it is now retired and `new_hash` is the session's token.
+    Rotated {
+        /// The session, with `last_used_at` bumped.
+        session: Session,
+    },
+    /// The token had already been rotated, less than `grace` seconds ago (a client retrying,
+    /// or racing itself): `new_hash` was stored as well, the caller may issue another pair.
+    WithinGrace {
+        /// The session, with `last_used_at` bumped.
+        session: Session,
+    },
+    /// The token had been rotated longer ago than `grace`: presumed stolen. The session was
+    /// revoked by this call (reason [`REASON_REFRESH_REUSE`]).
+    Reused {
+        /// The revoked session.
+        session_id: String,
+    },
+    /// No such token.
+    Unknown,
+    /// The session is revoked, past its absolute expiry, or idle for longer than `idle`.
+    /// Nothing was changed.
+    SessionInactive,
+}
+
+/// Columns in the order [`session_from_row`] reads them.
+const SESSION_COLUMNS: &str =
+    "id, user_id, amr, created_at, last_used_at, expires_at, revoked_at, revoked_reason, scopes, roles";
+
+fn session_from_row(row: &AnyRow) -> Result<Session, StoreError> {
+    Ok(Session {
+        id: row.try_get(0)?,
+        user_id: row.try_get(1)?,
+        amr: decode_list(&row.try_get::<String, _>(2)?, "sessions.amr")?,
+        created_at: row.try_get(3)?,
+        last_used_at: row.try_get(4)?,
+        expires_at: row.try_get(5)?,
+        revoked_at: row.try_get(6)?,
+        revoked_reason: row.try_get(7)?,
+        scopes: decode_list(&row.try_get::<String, _>(8)?, "sessions.scopes")?,
+        roles: decode_list(&row.try_get::<String, _>(9)?, "sessions.roles")?,
+    })
+}
+
+/// Whether a session can still be refreshed at `now`. `idle <= 0` disables the idle timeout.
+fn is_active(session: &Session, now: i64, idle: i64) -> bool {
+    session.revoked_at.is_none()
+        && now < session.expires_at
+        && (idle <= 0 || now.saturating_sub(session.last_used_at) <= idle)
+}
+
+/// Stores `new_hash` as a current token of `session` and records the use.
+async fn issue_successor(
+    tx: &mut Transaction<'static, Any>,
+    session: &mut Session,
+    new_hash: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES ($1, $2, $3)")
+        .bind(new_hash)
+        .bind(&session.id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    // Never move last_used_at backwards when replicas' clocks disagree slightly.
+    sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1 AND last_used_at < $2")
+        .bind(&session.id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    session.last_used_at = session.last_used_at.max(now);
+    Ok(())
+}
+
+impl Store {
+    /// Stores a new session and its first refresh token (hash) atomically. Fails with
+    /// `Conflict("session")` or `Conflict("refresh_token")` on a clash.
+    pub async fn create_session(
+        &self,
+        session: &Session,
+        first_refresh_hash: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(&format!(
+            "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(&session.id)
+        .bind(&session.user_id)
+        .bind(encode_list(&session.amr)?)
+        .bind(session.created_at)
+        .bind(session.last_used_at)
+        .bind(session.expires_at)
+        .bind(session.revoked_at)
+        .bind(session.revoked_reason.as_deref())
+        .bind(encode_list(&session.scopes)?)
+        .bind(encode_list(&session.roles)?)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(first_refresh_hash)
+        .bind(&session.id)
+        .bind(session.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The session with this id, or [`StoreError::NotFound`].
+    pub async fn get_session(&self, id: &str) -> Result<Session, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(session_from_row)
+        .transpose()?
+        .ok_or(StoreError::NotFound)
+    }
+
+    /// Every session of a subject, revoked and expired ones included, oldest first.
+    pub async fn list_sessions(&self, user_id: &str) -> Result<Vec<Session>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(session_from_row)
+        .collect()
+    }
+
+    /// Revokes one session. An already revoked session keeps its first time and reason; a
+    /// missing one is [`StoreError::NotFound`].
+    pub async fn revoke_session(&self, id: &str, now: i64, reason: &str) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+             WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            // Either already revoked (fine) or absent (report it).
+            self.get_session(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Revokes every live session of a subject; returns how many were revoked by this call.
+    pub async fn revoke_user_sessions(
+        &self,
+        user_id: &str,
+        now: i64,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+             WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(now)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// Exchanges refresh token `old_hash` for `new_hash`, atomically (one transaction):
+    ///
+    /// 1. The token is retired with a conditional `UPDATE … WHERE rotated_at IS NULL`, so of
+    ///    concurrent callers exactly one wins, across processes too (row lock on PostgreSQL,
+    ///    the database write lock on SQLite).
+    /// 2. The session must be unrevoked, before `expires_at`, and used within the last `idle`
+    ///    seconds (`idle <= 0`: no idle timeout); otherwise [`RotateOutcome::SessionInactive`]
+    ///    and nothing changes (the token stays as it was).
+    /// 3. The winner stores `new_hash` and bumps `last_used_at`: [`RotateOutcome::Rotated`].
+    /// 4. A token already rotated at most `grace` seconds ago (`grace <= 0`: no grace) also
+    ///    gets `new_hash` stored: [`RotateOutcome::WithinGrace`]. Rotated longer ago: the
+    ///    session is revoked with reason `refresh_reuse`: [`RotateOutcome::Reused`].
+    ///
+    /// A `new_hash` that already exists fails with `Conflict("refresh_token")` and changes
+    /// nothing.
+    pub async fn rotate_refresh(
+        &self,
+        old_hash: &str,
+        new_hash: &str,
+        now: i64,
+        grace: i64,
+        idle: i64,
+    ) -> Result<RotateOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // Write first: on PostgreSQL concurrent callers queue on this row's lock and the
+        // losers then see the winner's committed rotated_at (READ COMMITTED re-checks the
+        // WHERE clause); on SQLite the transaction already holds the write lock.
+        let won = sqlx::query(
+            "UPDATE refresh_tokens SET rotated_at = $2 WHERE hash = $1 AND rotated_at IS NULL",
+        )
+        .bind(old_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let token =
+            sqlx::query("SELECT session_id, rotated_at FROM refresh_tokens WHERE hash = $1")
+                .bind(old_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(token) = token else {
+            tx.rollback().await?;
+            return Ok(RotateOutcome::Unknown);
+        };
+        let session_id: String = token.try_get(0)?;
+        let rotated_at: Option<i64> = token.try_get(1)?;
+        let session = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+        ))
+        .bind(&session_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(session_from_row)
+        .transpose()?;
+        let Some(mut session) = session else {
+            // A token whose session is gone (deleted user): as good as unknown.
+            tx.rollback().await?;
+            return Ok(RotateOutcome::Unknown);
+        };
+        if !is_active(&session, now, idle) {
+            tx.rollback().await?;
+            return Ok(RotateOutcome::SessionInactive);
+        }
+        if won {
+            issue_successor(&mut tx, &mut session, new_hash, now).await?;
+            tx.commit().await?;
+            return Ok(RotateOutcome::Rotated { session });
+        }
+        let Some(rotated_at) = rotated_at else {
+            // Not won yet not rotated: the token row appeared after our UPDATE ran, which a
+            // client holding the token cannot cause. Refuse rather than guess.
+            tx.rollback().await?;
+            return Ok(RotateOutcome::Unknown);
+        };
+        if grace > 0 && now.saturating_sub(rotated_at) <= grace {
+            issue_successor(&mut tx, &mut session, new_hash, now).await?;
+            tx.commit().await?;
+            return Ok(RotateOutcome::WithinGrace { session });
+        }
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+             WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(&session.id)
+        .bind(now)
+        .bind(REASON_REFRESH_REUSE)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(RotateOutcome::Reused {
+            session_id: session.id,
+        })
+    }
+
+    /// The session a refresh token (hash) belongs to, whether the token is current or
+    /// rotated and whatever the session's state; for logout, revocation and introspection.
+    pub async fn find_session_by_refresh(&self, hash: &str) -> Result<Option<Session>, StoreError> {
+        sqlx::query(
+            "SELECT s.id, s.user_id, s.amr, s.created_at, s.last_used_at, s.expires_at, \
+             s.revoked_at, s.revoked_reason, s.scopes, s.roles \
+             FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(session_from_row)
+        .transpose()
+    }
+
+    /// The refresh token with this hash, current or rotated; for introspection, which must
+    /// report a rotated token as inactive even though its session lives on.
+    pub async fn find_refresh_token(&self, hash: &str) -> Result<Option<RefreshToken>, StoreError> {
+        let row = sqlx::query(
+            "SELECT session_id, created_at, rotated_at FROM refresh_tokens WHERE hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(RefreshToken {
+                session_id: row.try_get(0)?,
+                created_at: row.try_get(1)?,
+                rotated_at: row.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Deletes sessions (and their refresh tokens) that ended before `before`: expired, or
+    /// revoked. Returns how many sessions were deleted. Call it periodically with a cut-off
+    /// comfortably in the past, so recently revoked sessions stay visible for a while.
+    pub async fn purge_sessions(&self, before: i64) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let ended = "SELECT id FROM sessions WHERE expires_at < $1 OR revoked_at < $1";
+        sqlx::query(&format!(
+            "DELETE FROM refresh_tokens WHERE session_id IN ({ended})"
+        ))
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let deleted = sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted)
+    }
+}
