@@ -13,11 +13,12 @@ build: deps
 
 ## Start the demo upstream and the gateway on 127.0.0.1 (Ctrl-C stops both).
 run: build
+	@scripts/install-deps.sh jq
 	@scripts/run.sh
 
 ## Unit tests, then end-to-end tests that start the real binaries on loopback.
 test: build
-	@scripts/install-deps.sh nginx
+	@scripts/install-deps.sh nginx postgres
 	@CARGO=$(CARGO) scripts/test.sh
 
 ## Formatting and lints, as required before every commit.

@@ -3,11 +3,19 @@
 # Usage: scripts/install-deps.sh [extra-tool ...]   e.g. scripts/install-deps.sh nginx wrk
 set -euo pipefail
 
-declare -A pkg=([cmake]=cmake [cc]=gcc [c++]=g++ [make]=make [nginx]=nginx [wrk]=wrk [openssl]=openssl [curl]=curl)
+declare -A pkg=([cmake]=cmake [cc]=gcc [c++]=g++ [make]=make [nginx]=nginx [wrk]=wrk [openssl]=openssl [curl]=curl [jq]=jq [postgres]=postgresql)
 want=(cmake cc c++ curl "$@")
 missing=()
+have() {
+  # PostgreSQL's server binaries live outside PATH on Debian.
+  if [ "$1" = postgres ]; then
+    command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+  else
+    command -v "$1" >/dev/null 2>&1
+  fi
+}
 for tool in "${want[@]}"; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg[$tool]:-$tool}")
+  have "$tool" || missing+=("${pkg[$tool]:-$tool}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make run`: start the demo upstream and the gateway on loopback, print a walk-through,
-# and stop both on Ctrl-C.
+# `make run`: start the issuer, the demo upstream and the gateway on loopback, seed demo
+# accounts on first run, print a walk-through, and stop everything on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${CARGO_TARGET_DIR:-target}/debug
@@ -10,32 +10,56 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
+# Demo admin, user and API key, created once; their secrets stay in data/secrets/demo.txt.
+"$bin/portcullis-issuer" -c config/issuer.yaml demo-seed >/dev/null
+"$bin/portcullis-issuer" -c config/issuer.yaml &
+pids+=($!)
 "$bin/portcullis-demo-upstream" --name demo --listen 127.0.0.1:9000 &
 pids+=($!)
 "$bin/portcullis-gateway" -c config/gateway.yaml &
 pids+=($!)
 
-for _ in $(seq 1 100); do
+for _ in $(seq 1 150); do
   curl -fsS -o /dev/null http://127.0.0.1:9901/readyz 2>/dev/null && break
   sleep 0.1
 done
 
-cat <<'TXT'
+user_pw=$(awk '/^user@example.com/ {print $3}' data/secrets/demo.txt)
+admin_pw=$(awk '/^admin@example.com/ {print $3}' data/secrets/demo.txt)
+api_key=$(awk '/^demo API key/ {print $4}' data/secrets/demo.txt)
+
+cat <<TXT
 
 Portcullis is running:
   gateway        http://127.0.0.1:8080   https://127.0.0.1:8443 (self-signed dev cert)
   gateway admin  http://127.0.0.1:9901/healthz  /readyz  /metrics
+  issuer         http://127.0.0.1:8081 (public API; also through the gateway at /auth/)
+  issuer admin   http://127.0.0.1:8082 (token in data/secrets/admin-token)
   demo upstream  http://127.0.0.1:9000 (echoes the request it receives)
 
-Try:
-  curl -s http://127.0.0.1:8080/public/hello                  # proxied: the echo of what the upstream saw
-  curl -s http://127.0.0.1:8080/public/hello -H 'X-Auth-Subject: admin'
-                                                               # forged identity header: stripped, not in the echo
-  curl -s -i http://127.0.0.1:8080/api/orders                 # protected route: 401 with WWW-Authenticate: Bearer
-  curl -s -i 'http://127.0.0.1:8080/public/..%2Fadmin'        # ambiguous path: 400
-  curl -sk --http2 https://127.0.0.1:8443/healthz             # TLS + HTTP/2
-  curl -s http://127.0.0.1:9901/metrics | grep portcullis_    # Prometheus metrics
-  kill -HUP $(cat /tmp/portcullis-gateway.pid)                # reload config/ and conf.d/
+Demo accounts (data/secrets/demo.txt):
+  user@example.com   ${user_pw}
+  admin@example.com  ${admin_pw}   (role admin)
+  API key            ${api_key}
+
+Walk-through:
+  # 1. log in through the gateway
+  curl -s http://127.0.0.1:8080/auth/v1/auth/password -H 'Content-Type: application/json' \\
+       -d '{"email":"user@example.com","password":"${user_pw}"}' > /tmp/login.json
+  TOKEN=\$(jq -r .access_token /tmp/login.json); REFRESH=\$(jq -r .refresh_token /tmp/login.json)
+  # 2. call a protected route: the upstream echoes the identity headers the gateway injected
+  curl -s http://127.0.0.1:8080/api/orders -H "Authorization: Bearer \$TOKEN" | jq .headers
+  curl -s -i http://127.0.0.1:8080/api/orders                 # no token: 401
+  curl -s -i http://127.0.0.1:8080/admin/panel -H "Authorization: Bearer \$TOKEN"   # 403: role admin needed
+  # 3. refresh (a new refresh token each time), then log out
+  curl -s http://127.0.0.1:8080/auth/v1/auth/refresh -H 'Content-Type: application/json' \\
+       -d "{\"refresh_token\":\"\$REFRESH\"}" > /tmp/refresh.json
+  curl -s -X POST http://127.0.0.1:8080/auth/v1/auth/logout -H "Authorization: Bearer \$(jq -r .access_token /tmp/refresh.json)"
+  # 4. the logged-out session's refresh token is refused
+  curl -s http://127.0.0.1:8080/auth/v1/auth/refresh -H 'Content-Type: application/json' \\
+       -d "{\"refresh_token\":\"\$(jq -r .refresh_token /tmp/refresh.json)\"}"
+  # machines: exchange the API key for a token pair
+  curl -s -X POST http://127.0.0.1:8080/auth/v1/auth/api-key -H "Authorization: ApiKey ${api_key}"
 
 Press Ctrl-C to stop.
 TXT
