@@ -28,6 +28,8 @@ pub struct App {
     pub password: PasswordParams,
     /// Bounds concurrent password hashing (argon2 is memory-hard by design).
     pub hash_slots: tokio::sync::Semaphore,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// What every successful login returns.

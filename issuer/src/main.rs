@@ -177,6 +177,7 @@ async fn build(cfg: IssuerConfig) -> anyhow::Result<Arc<App>> {
         parallelism: cfg.argon_parallelism,
     };
     Ok(Arc::new(App {
+        metrics: portcullis_issuer::metrics::Metrics::new().context("registering metrics")?,
         hash_slots: tokio::sync::Semaphore::new(cfg.max_concurrent_hashes),
         store,
         keys,
@@ -205,10 +206,17 @@ async fn serve(app: Arc<App>) -> anyhow::Result<()> {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             http::MAX_BODY,
         ))
+        .layer(axum::middleware::from_fn(
+            portcullis_issuer::metrics::request_log,
+        ))
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let admin = http::admin::router(app.clone()).layer(
-        tower_http::limit::RequestBodyLimitLayer::new(http::MAX_BODY),
-    );
+    let admin = http::admin::router(app.clone())
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            http::MAX_BODY,
+        ))
+        .layer(axum::middleware::from_fn(
+            portcullis_issuer::metrics::request_log,
+        ));
     let pl = tokio::net::TcpListener::bind(app.cfg.listen)
         .await
         .with_context(|| format!("binding {}", app.cfg.listen))?;
@@ -446,6 +454,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
+        .json()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

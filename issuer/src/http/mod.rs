@@ -1,6 +1,7 @@
 //! HTTP surface: the public API, the admin API, and their shared error type.
 
 pub mod admin;
+pub mod oauth;
 pub mod public;
 
 use axum::http::{header, HeaderMap, StatusCode};

@@ -32,9 +32,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/me", get(me).patch(update_me))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(super::not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
-        .with_state(app)
+        .with_state(app.clone())
+        .merge(super::oauth::router(app))
 }
 
 async fn jwks(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
@@ -73,6 +75,14 @@ async fn discovery(State(app): State<Arc<App>>) -> Json<Value> {
     }))
 }
 
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.store.ping().await {
         Json(json!({"status": "ready"})).into_response()
@@ -86,7 +96,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 /// The client address: the gateway's `X-Real-IP` when the peer is local, else the peer.
-fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> String {
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> String {
     if peer.ip().is_loopback() {
         if let Some(ip) = headers.get("x-real-ip").and_then(|v| v.to_str().ok()) {
             return ip.to_string();
@@ -166,13 +176,25 @@ async fn password_login(
             (login, b.password)
         }
     };
+    let ip = client_ip(peer, &headers);
+    Ok(Json(password_grant(&app, &login, pw, &ip).await?))
+}
+
+/// Checks a login and password (with lock-out and constant-time behaviour for unknown
+/// users) and starts a session.
+pub async fn password_grant(
+    app: &App,
+    login: &str,
+    pw: String,
+    ip: &str,
+) -> Result<TokenPair, ApiError> {
     let login = login.trim().to_lowercase();
     if login.is_empty() || pw.is_empty() || pw.chars().count() > app.cfg.password_max {
         return Err(ApiError::bad_request("missing or oversized credentials"));
     }
     let account_key = format!("pwfail:acct:{login}");
-    let ip_key = format!("pwfail:ip:{}", client_ip(peer, &headers));
-    if let Some(retry) = locked_out(&app, &account_key, &ip_key).await? {
+    let ip_key = format!("pwfail:ip:{ip}");
+    if let Some(retry) = locked_out(app, &account_key, &ip_key).await? {
         return Err(ApiError::too_many(retry));
     }
     let user = match app.store.find_user_by_email(&login).await? {
@@ -185,7 +207,7 @@ async fn password_login(
         .and_then(|u| u.password_hash.clone())
         .filter(|_| user.as_ref().is_some_and(|u| !u.disabled));
     let pw_for_check = pw.clone();
-    let ok = with_hash_slot(&app, move || match stored {
+    let ok = with_hash_slot(app, move || match stored {
         Some(phc) => password::verify(&pw_for_check, &phc),
         None => {
             // Same work for unknown users, so timing does not reveal which accounts exist.
@@ -194,6 +216,10 @@ async fn password_login(
         }
     })
     .await?;
+    app.metrics
+        .logins
+        .with_label_values(&["pwd", if ok { "ok" } else { "denied" }])
+        .inc();
     let Some(mut user) = user.filter(|_| ok) else {
         let window = app.cfg.failure_window.as_secs() as i64;
         app.store.hit_limit(&account_key, window, now()).await?;
@@ -211,13 +237,13 @@ async fn password_login(
     {
         // Parameters were raised since this hash was made: upgrade it now that we have the password.
         let params = app.password;
-        if let Ok(h) = with_hash_slot(&app, move || password::hash(&pw, &params)).await? {
+        if let Ok(h) = with_hash_slot(app, move || password::hash(&pw, &params)).await? {
             user.password_hash = Some(h);
             app.store.update_user(&user).await?;
         }
     }
     let roles = user.roles.clone();
-    Ok(Json(app.login(&user, "pwd", &[], &roles).await?))
+    app.login(&user, "pwd", &[], &roles).await
 }
 
 #[derive(Deserialize)]
@@ -241,9 +267,14 @@ async fn api_key_login(
         Some(k) => k,
         None => json_body::<ApiKeyLogin>(&headers, &body)?.api_key,
     };
+    Ok(Json(api_key_grant(&app, &key).await?))
+}
+
+/// Exchanges an API key for a token pair bound to the key's subject.
+pub async fn api_key_grant(app: &App, key: &str) -> Result<TokenPair, ApiError> {
     let invalid =
         || ApiError::unauthorized("invalid_client", "unknown, revoked or expired API key");
-    let (prefix, full) = secrets::parse_api_key(&key).ok_or_else(invalid)?;
+    let (prefix, full) = secrets::parse_api_key(key).ok_or_else(invalid)?;
     let record = app
         .store
         .find_api_key_by_prefix(&prefix)
@@ -263,10 +294,7 @@ async fn api_key_login(
         Err(crate::store::StoreError::NotFound) => service_user(&record.subject),
         Err(e) => return Err(e.into()),
     };
-    Ok(Json(
-        app.login(&user, "key", &record.scopes, &record.roles)
-            .await?,
-    ))
+    app.login(&user, "key", &record.scopes, &record.roles).await
 }
 
 /// A machine identity that has no account row.
@@ -340,6 +368,13 @@ pub async fn rotate(app: &App, presented: &str) -> Result<TokenPair, ApiError> {
             app.cfg.session_idle.as_secs() as i64,
         )
         .await?;
+    let label = match &outcome {
+        RotateOutcome::Rotated { .. } => "rotated",
+        RotateOutcome::WithinGrace { .. } => "grace",
+        RotateOutcome::Reused { .. } => "reused",
+        _ => "invalid",
+    };
+    app.metrics.refreshes.with_label_values(&[label]).inc();
     let session: Session = match outcome {
         RotateOutcome::Rotated { session } | RotateOutcome::WithinGrace { session } => session,
         RotateOutcome::Reused { .. } => {

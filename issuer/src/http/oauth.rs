@@ -1,0 +1,244 @@
+//! OAuth 2.0 endpoints for clients that speak the standard: `/oauth/token` (RFC 6749 grants
+//! `password`, `refresh_token`, `client_credentials` with an API key as the client secret),
+//! `/oauth/introspect` (RFC 7662) and `/oauth/revoke` (RFC 7009).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::public::{api_key_grant, client_ip, password_grant, rotate, verify_access};
+use super::ApiError;
+use crate::app::{now, App};
+use crate::crypto::secrets;
+
+/// The OAuth router (merged into the public one).
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/oauth/token", post(token))
+        .route("/oauth/introspect", post(introspect))
+        .route("/oauth/revoke", post(revoke))
+        .with_state(app)
+}
+
+fn form(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String>, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .to_ascii_lowercase()
+        .starts_with("application/x-www-form-urlencoded")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "send application/x-www-form-urlencoded (RFC 6749)",
+        ));
+    }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+        .map_err(|_| ApiError::bad_request("malformed form body"))?;
+    let mut out = HashMap::new();
+    for (k, v) in pairs {
+        // RFC 6749 §3.1: parameters must not be repeated.
+        if out.insert(k.clone(), v).is_some() {
+            return Err(ApiError::bad_request(format!("parameter {k} is repeated")));
+        }
+    }
+    Ok(out)
+}
+
+/// `client_secret` from HTTP Basic or the form.
+fn client_secret(headers: &HeaderMap, f: &HashMap<String, String>) -> Option<String> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("basic"))
+        .and_then(|(_, b)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|t| t.split_once(':').map(|(_, secret)| secret.to_string()));
+    basic.or_else(|| f.get("client_secret").cloned())
+}
+
+async fn token(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let f = form(&headers, &body)?;
+    let pair = match f.get("grant_type").map(String::as_str) {
+        Some("password") => {
+            let (Some(user), Some(pw)) = (f.get("username"), f.get("password")) else {
+                return Err(ApiError::bad_request(
+                    "grant_type=password needs username and password",
+                ));
+            };
+            password_grant(&app, user, pw.clone(), &client_ip(peer, &headers)).await?
+        }
+        Some("refresh_token") => {
+            let rt = f
+                .get("refresh_token")
+                .ok_or_else(|| ApiError::bad_request("refresh_token is required"))?;
+            rotate(&app, rt).await?
+        }
+        Some("client_credentials") => {
+            let secret = client_secret(&headers, &f).ok_or_else(|| {
+                ApiError::unauthorized(
+                    "invalid_client",
+                    "client_credentials needs the API key as client_secret",
+                )
+            })?;
+            api_key_grant(&app, &secret).await?
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant_type must be password, refresh_token or client_credentials",
+            ))
+        }
+        None => return Err(ApiError::bad_request("grant_type is required")),
+    };
+    // RFC 6749 §5.1: token responses must not be cached.
+    Ok((
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        Json(pair),
+    )
+        .into_response())
+}
+
+/// Introspection and revocation callers: the admin token, or a valid API key.
+async fn require_client(
+    app: &App,
+    headers: &HeaderMap,
+    f: &HashMap<String, String>,
+) -> Result<(), ApiError> {
+    if let Some(t) = super::bearer(headers) {
+        if secrets::constant_time_eq(&secrets::hash_token(t), &app.admin_token_hash) {
+            return Ok(());
+        }
+    }
+    let key = client_secret(headers, f).or_else(|| {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(s, _)| s.eq_ignore_ascii_case("apikey"))
+            .map(|(_, k)| k.trim().to_string())
+    });
+    let unauthorized = || {
+        ApiError::unauthorized(
+            "invalid_client",
+            "authenticate with an API key or the admin token",
+        )
+    };
+    let key = key.ok_or_else(unauthorized)?;
+    let (prefix, full) = secrets::parse_api_key(&key).ok_or_else(unauthorized)?;
+    let record = app
+        .store
+        .find_api_key_by_prefix(&prefix)
+        .await?
+        .ok_or_else(unauthorized)?;
+    let t = now();
+    if !secrets::constant_time_eq(&secrets::hash_api_key(&full, &app.pepper), &record.hash)
+        || record.revoked_at.is_some()
+        || record.expires_at.is_some_and(|e| e <= t)
+    {
+        return Err(unauthorized());
+    }
+    Ok(())
+}
+
+async fn introspect(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let f = form(&headers, &body)?;
+    require_client(&app, &headers, &f).await?;
+    let token = f
+        .get("token")
+        .ok_or_else(|| ApiError::bad_request("token is required"))?;
+    let inactive = Json(json!({"active": false}));
+    // An access token: signature, expiry, and its session still alive.
+    if let Ok(claims) = verify_access(&app, token) {
+        let sid = claims
+            .get("sid")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let alive = matches!(app.store.get_session(sid).await, Ok(s) if s.revoked_at.is_none());
+        if !alive {
+            return Ok(inactive);
+        }
+        let mut out = claims;
+        out["active"] = json!(true);
+        out["token_type"] = json!("access_token");
+        return Ok(Json(out));
+    }
+    // A refresh token: current (not rotated) and its session alive.
+    let Some(rt) = app
+        .store
+        .find_refresh_token(&secrets::hash_token(token))
+        .await?
+    else {
+        return Ok(inactive);
+    };
+    if rt.rotated_at.is_some() {
+        return Ok(inactive);
+    }
+    match app.store.get_session(&rt.session_id).await {
+        Ok(s) if s.revoked_at.is_none() && s.expires_at > now() => Ok(Json(json!({
+            "active": true, "token_type": "refresh_token", "sub": s.user_id, "sid": s.id,
+            "exp": s.expires_at, "iat": rt.created_at, "iss": app.cfg.issuer,
+        }))),
+        _ => Ok(inactive),
+    }
+}
+
+async fn revoke(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let f = form(&headers, &body)?;
+    require_client(&app, &headers, &f).await?;
+    let token = f
+        .get("token")
+        .ok_or_else(|| ApiError::bad_request("token is required"))?;
+    let session = match verify_access(&app, token) {
+        Ok(claims) => claims
+            .get("sid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        Err(_) => app
+            .store
+            .find_session_by_refresh(&secrets::hash_token(token))
+            .await?
+            .map(|s| s.id),
+    };
+    if let Some(sid) = session {
+        match app.store.revoke_session(&sid, now(), "revoked").await {
+            Ok(()) | Err(crate::store::StoreError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // RFC 7009 §2.2: unknown tokens are answered with 200 as well.
+    Ok(StatusCode::OK)
+}

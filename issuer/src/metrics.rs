@@ -1,0 +1,90 @@
+//! Prometheus metrics (`/metrics` on the public listener) and the request log.
+
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+
+/// The issuer's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Logins by method (`pwd`, `key`, `anon`, `signup`) and result (`ok`, `denied`).
+    pub logins: IntCounterVec,
+    /// Refreshes by outcome (`rotated`, `grace`, `reused`, `invalid`).
+    pub refreshes: IntCounterVec,
+    /// HTTP answers by status code.
+    pub requests: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers the metrics.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let logins = IntCounterVec::new(
+            Opts::new(
+                "portcullis_issuer_logins_total",
+                "Logins by method and result",
+            ),
+            &["method", "result"],
+        )?;
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "portcullis_issuer_refreshes_total",
+                "Refresh-token uses by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let requests = IntCounterVec::new(
+            Opts::new("portcullis_issuer_requests_total", "HTTP answers by status"),
+            &["status"],
+        )?;
+        registry.register(Box::new(logins.clone()))?;
+        registry.register(Box::new(refreshes.clone()))?;
+        registry.register(Box::new(requests.clone()))?;
+        Ok(Metrics {
+            registry,
+            logins,
+            refreshes,
+            requests,
+        })
+    }
+
+    /// Text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+/// Sets `X-Request-Id` (kept when the gateway sent a sane one), echoes it, and writes one
+/// JSON access-log line per request.
+pub async fn request_log(mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .filter(|v| v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&crate::crypto::secrets::random_id())
+                .unwrap_or(HeaderValue::from_static("-"))
+        });
+    req.headers_mut().insert("x-request-id", id.clone());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert("x-request-id", id.clone());
+    tracing::info!(
+        target: "access",
+        request_id = id.to_str().unwrap_or("-"),
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+    );
+    resp
+}
