@@ -44,20 +44,25 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Only the admin token opens the admin API.
-async fn require_admin(
-    State(app): State<Arc<App>>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+/// The admin API opens to the admin token, or to an access token of this issuer carrying
+/// role `admin` whose session is still active.
+async fn require_admin(State(app): State<Arc<App>>, req: Request, next: Next) -> Result<Response, ApiError> {
     let token = bearer(req.headers()).unwrap_or_default();
-    if token.is_empty()
-        || !secrets::constant_time_eq(&secrets::hash_token(token), &app.admin_token_hash)
-    {
-        return Err(ApiError::unauthorized(
-            "invalid_token",
-            "the admin API needs `Authorization: Bearer <admin token>`",
-        ));
+    let denied = || ApiError::unauthorized("invalid_token", "the admin API needs the admin token or an access token with role admin");
+    if token.is_empty() {
+        return Err(denied());
+    }
+    if !secrets::constant_time_eq(&secrets::hash_token(token), &app.admin_token_hash) {
+        let claims = super::public::verify_access(&app, token).map_err(|_| denied())?;
+        let is_admin = claims
+            .get("roles")
+            .and_then(Value::as_array)
+            .is_some_and(|r| r.iter().any(|v| v == "admin"));
+        let sid = claims.get("sid").and_then(Value::as_str).unwrap_or_default();
+        let active = matches!(app.store.get_session(sid).await, Ok(s) if s.revoked_at.is_none());
+        if !is_admin || !active {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "role admin is required"));
+        }
     }
     Ok(next.run(req).await)
 }
