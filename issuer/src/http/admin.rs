@@ -1,6 +1,9 @@
 //! The admin API, served on its own listener (loopback by default) and guarded by the admin
 //! token: users (the `/admin/users/{id}` client services call), API keys, signing keys,
 //! sessions.
+//!
+//! Every handler carries a `#[utoipa::path]` annotation (tag `admin`, security scheme
+//! `adminToken`); [`super::openapi`] merges them into the one document `/openapi.json`.
 
 use std::sync::Arc;
 
@@ -13,9 +16,10 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
-use super::public::user_json;
-use super::{bearer, json_body, ApiError};
+use super::public::{user_json, UserView};
+use super::{bearer, json_body, ApiError, ErrorBody};
 use crate::app::{now, App};
 use crate::crypto::{password, secrets};
 use crate::store::{ApiKey, NewUser};
@@ -46,9 +50,18 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// The admin API opens to the admin token, or to an access token of this issuer carrying
 /// role `admin` whose session is still active.
-async fn require_admin(State(app): State<Arc<App>>, req: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_admin(
+    State(app): State<Arc<App>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let token = bearer(req.headers()).unwrap_or_default();
-    let denied = || ApiError::unauthorized("invalid_token", "the admin API needs the admin token or an access token with role admin");
+    let denied = || {
+        ApiError::unauthorized(
+            "invalid_token",
+            "the admin API needs the admin token or an access token with role admin",
+        )
+    };
     if token.is_empty() {
         return Err(denied());
     }
@@ -58,21 +71,198 @@ async fn require_admin(State(app): State<Arc<App>>, req: Request, next: Next) ->
             .get("roles")
             .and_then(Value::as_array)
             .is_some_and(|r| r.iter().any(|v| v == "admin"));
-        let sid = claims.get("sid").and_then(Value::as_str).unwrap_or_default();
+        let sid = claims
+            .get("sid")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let active = matches!(app.store.get_session(sid).await, Ok(s) if s.revoked_at.is_none());
         if !is_admin || !active {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "role admin is required"));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "role admin is required",
+            ));
         }
     }
     Ok(next.run(req).await)
 }
 
-#[derive(Deserialize)]
+/// Paging of `GET /admin/users`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// Page size, 1-1000 (default 100).
     limit: Option<i64>,
+    /// Users to skip (default 0).
     offset: Option<i64>,
 }
 
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+/// `GET /admin/users`: a page of users.
+#[derive(ToSchema)]
+pub struct UserList {
+    /// A page of users, oldest first.
+    pub users: Vec<UserView>,
+}
+
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+/// A session as the admin API shows it.
+#[derive(ToSchema)]
+pub struct SessionView {
+    /// Session id (the `sid` claim).
+    pub id: String,
+    /// The subject it belongs to.
+    pub user_id: String,
+    /// Authentication methods of the login (`pwd`, `sms`, `key`, `anon`).
+    pub amr: Vec<String>,
+    /// Login time (seconds since the epoch).
+    pub created_at: i64,
+    /// Last refresh.
+    pub last_used_at: i64,
+    /// Absolute end of the session.
+    pub expires_at: i64,
+    /// When it was revoked.
+    #[schema(required = true)]
+    pub revoked_at: Option<i64>,
+    /// Why it was revoked (`logout`, `admin`, `disabled`, `revoked`, reuse detection).
+    #[schema(required = true)]
+    pub revoked_reason: Option<String>,
+}
+
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+/// `GET /admin/users/{id}/sessions`: a user's sessions.
+#[derive(ToSchema)]
+pub struct SessionList {
+    /// The user's sessions, revoked ones included.
+    pub sessions: Vec<SessionView>,
+}
+
+// Schema for the OpenAPI document only; `api_key_json` writes the JSON (a test in
+// `openapi.rs` keeps the two in step).
+/// An API key as the admin API lists it (never the secret or its hash).
+#[derive(ToSchema)]
+pub struct ApiKeyView {
+    /// Id, used to revoke it.
+    pub id: String,
+    /// Public lookup part of the key.
+    pub prefix: String,
+    /// The `sub` of tokens issued for this key.
+    pub subject: String,
+    /// Human-readable label.
+    pub name: String,
+    /// Scopes granted to its tokens.
+    pub scopes: Vec<String>,
+    /// Roles granted to its tokens.
+    pub roles: Vec<String>,
+    /// Expiry (seconds since the epoch).
+    #[schema(required = true)]
+    pub expires_at: Option<i64>,
+    /// When it was revoked.
+    #[schema(required = true)]
+    pub revoked_at: Option<i64>,
+    /// Last successful login with it.
+    #[schema(required = true)]
+    pub last_used_at: Option<i64>,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+/// `POST /admin/api-keys`: the new key, with its secret shown this once.
+#[derive(ToSchema)]
+pub struct CreatedApiKey {
+    /// The secret API key (`pk_...`): it is not stored and cannot be shown again.
+    pub api_key: String,
+    /// Id, used to revoke it.
+    pub id: String,
+    /// Public lookup part of the key.
+    pub prefix: String,
+    /// The `sub` of tokens issued for this key.
+    pub subject: String,
+    /// Human-readable label.
+    pub name: String,
+    /// Scopes granted to its tokens.
+    pub scopes: Vec<String>,
+    /// Roles granted to its tokens.
+    pub roles: Vec<String>,
+    /// Expiry (seconds since the epoch).
+    #[schema(required = true)]
+    pub expires_at: Option<i64>,
+    /// Always null for a new key.
+    #[schema(required = true)]
+    pub revoked_at: Option<i64>,
+    /// Always null for a new key.
+    #[schema(required = true)]
+    pub last_used_at: Option<i64>,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+/// `GET /admin/api-keys`: the API keys.
+#[derive(ToSchema)]
+pub struct ApiKeyList {
+    /// The keys, revoked and expired ones included.
+    pub api_keys: Vec<ApiKeyView>,
+}
+
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+/// A signing key (public facts only).
+#[derive(ToSchema)]
+pub struct SigningKeyView {
+    /// Key id (RFC 7638 thumbprint), the JWT `kid`.
+    pub kid: String,
+    /// `ES256`, `RS256` or `EdDSA`.
+    pub alg: String,
+    /// `next` (published, not signing yet), `active` (signing) or `retired`.
+    pub state: String,
+    /// Creation time (seconds since the epoch).
+    pub created_at: i64,
+    /// When it may start signing.
+    pub activates_at: i64,
+    /// When it stopped signing.
+    #[schema(required = true)]
+    pub retired_at: Option<i64>,
+    /// When it leaves the JWKS.
+    #[schema(required = true)]
+    pub remove_after: Option<i64>,
+}
+
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+/// `GET /admin/keys`: the signing keys.
+#[derive(ToSchema)]
+pub struct SigningKeyList {
+    /// Every stored signing key.
+    pub keys: Vec<SigningKeyView>,
+}
+
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+/// `POST /admin/keys/rotate`: the new key.
+#[derive(ToSchema)]
+pub struct RotatedKey {
+    /// The new key's id.
+    pub kid: String,
+    /// Always `next`: published now, signing later.
+    #[schema(example = "next")]
+    pub state: String,
+    /// Seconds until it starts signing (the publish lead time).
+    pub activates_in: u64,
+}
+
+/// Lists users, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/admin/users",
+    tag = "admin",
+    params(Page),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "A page of users", body = UserList),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn list_users(
     State(app): State<Arc<App>>,
     Query(p): Query<Page>,
@@ -89,18 +279,47 @@ async fn list_users(
     ))
 }
 
-#[derive(Deserialize)]
+/// A new user: `email` or `username` (or both).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateUser {
+pub(super) struct CreateUser {
+    /// Email address (lower-cased; unique).
     email: Option<String>,
+    /// Username (lower-cased; unique).
     username: Option<String>,
+    /// Password, checked against the policy; without one the account cannot log in with a
+    /// password.
     password: Option<String>,
+    /// Roles (default none).
     #[serde(default)]
     roles: Vec<String>,
+    /// Metadata only administrators change; its keys become extra token claims (an object).
+    #[schema(value_type = Option<Object>)]
     app_metadata: Option<Value>,
+    /// Metadata the user may change (an object).
+    #[schema(value_type = Option<Object>)]
     user_metadata: Option<Value>,
 }
 
+/// Creates a user.
+#[utoipa::path(
+    post,
+    path = "/admin/users",
+    tag = "admin",
+    request_body(content = CreateUser, content_type = "application/json"),
+    security(("adminToken" = [])),
+    responses(
+        (status = 201, description = "The new user", body = UserView),
+        (status = 400, description = "Malformed body, neither `email` nor `username`, or metadata not an object", body = ErrorBody),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "The password does not meet the policy (`weak_password`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn create_user(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -157,6 +376,21 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(user_json(&user))))
 }
 
+/// One user: what client services call to look a subject up.
+#[utoipa::path(
+    get,
+    path = "/admin/users/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn get_user(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -164,17 +398,46 @@ async fn get_user(
     Ok(Json(user_json(&app.store.get_user(&id).await?)))
 }
 
-#[derive(Deserialize)]
+/// Changes to a user; absent fields are left alone.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateUser {
+pub(super) struct UpdateUser {
+    /// New email address.
     email: Option<String>,
+    /// New username.
     username: Option<String>,
+    /// Replaces the roles.
     roles: Option<Vec<String>>,
+    /// Replaces the admin-only metadata.
+    #[schema(value_type = Option<Object>)]
     app_metadata: Option<Value>,
+    /// Replaces the user metadata.
+    #[schema(value_type = Option<Object>)]
     user_metadata: Option<Value>,
+    /// Disables (revoking every session) or re-enables the account.
     disabled: Option<bool>,
 }
 
+/// Updates a user.
+#[utoipa::path(
+    patch,
+    path = "/admin/users/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    request_body(content = UpdateUser, content_type = "application/json"),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The updated user", body = UserView),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn update_user(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -210,6 +473,25 @@ async fn update_user(
     Ok(Json(user_json(&app.store.get_user(&id).await?)))
 }
 
+/// Replaces a user's roles.
+#[utoipa::path(
+    put,
+    path = "/admin/users/{id}/roles",
+    tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    request_body(content = Vec<String>, content_type = "application/json"),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The updated user", body = UserView),
+        (status = 400, description = "Malformed body (not an array of strings)", body = ErrorBody),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn set_roles(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -223,6 +505,21 @@ async fn set_roles(
     Ok(Json(user_json(&app.store.get_user(&id).await?)))
 }
 
+/// Deletes a user with its sessions, refresh tokens and the API keys bound to it.
+#[utoipa::path(
+    delete,
+    path = "/admin/users/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn delete_user(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -231,6 +528,20 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Lists a user's sessions.
+#[utoipa::path(
+    get,
+    path = "/admin/users/{id}/sessions",
+    tag = "admin",
+    params(("id" = String, Path, description = "User id (or machine subject)")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The sessions (empty for an unknown user)", body = SessionList),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn list_sessions(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -243,6 +554,20 @@ async fn list_sessions(
     })).collect::<Vec<_>>()})))
 }
 
+/// Revokes every session of a user (its refresh tokens stop working).
+#[utoipa::path(
+    delete,
+    path = "/admin/users/{id}/sessions",
+    tag = "admin",
+    params(("id" = String, Path, description = "User id (or machine subject)")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 204, description = "Revoked (also when there were none)"),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn revoke_user_sessions(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -251,6 +576,21 @@ async fn revoke_user_sessions(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Revokes one session.
+#[utoipa::path(
+    delete,
+    path = "/admin/sessions/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "Session id (the `sid` claim)")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such session (`not_found`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn revoke_session(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -259,13 +599,18 @@ async fn revoke_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+/// A new API key, bound to a subject.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateApiKey {
+pub(super) struct CreateApiKey {
+    /// The `sub` of its tokens: a user id or a machine principal (1-200 characters).
     subject: String,
+    /// Human-readable label.
     name: Option<String>,
+    /// Scopes granted to its tokens.
     #[serde(default)]
     scopes: Vec<String>,
+    /// Roles granted to its tokens.
     #[serde(default)]
     roles: Vec<String>,
     /// Lifetime in seconds (None: no expiry).
@@ -303,12 +648,29 @@ pub async fn new_api_key(
     Ok((key, secret.full))
 }
 
-fn api_key_json(k: &ApiKey) -> Value {
+pub(super) fn api_key_json(k: &ApiKey) -> Value {
     json!({"id": k.id, "prefix": k.prefix, "subject": k.subject, "name": k.name, "scopes": k.scopes,
            "roles": k.roles, "expires_at": k.expires_at, "revoked_at": k.revoked_at,
            "last_used_at": k.last_used_at, "created_at": k.created_at})
 }
 
+/// Creates an API key; the secret is in the answer and nowhere else, ever.
+#[utoipa::path(
+    post,
+    path = "/admin/api-keys",
+    tag = "admin",
+    request_body(content = CreateApiKey, content_type = "application/json"),
+    security(("adminToken" = [])),
+    responses(
+        (status = 201, description = "The key and its secret", body = CreatedApiKey),
+        (status = 400, description = "Malformed body or bad `subject`", body = ErrorBody),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn create_api_key(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -329,11 +691,28 @@ async fn create_api_key(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
-#[derive(Deserialize)]
+/// Filter of `GET /admin/api-keys`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct KeyFilter {
+    /// Only the keys bound to this subject.
     subject: Option<String>,
 }
 
+/// Lists API keys (never their secrets).
+#[utoipa::path(
+    get,
+    path = "/admin/api-keys",
+    tag = "admin",
+    params(KeyFilter),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The keys", body = ApiKeyList),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn list_api_keys(
     State(app): State<Arc<App>>,
     Query(f): Query<KeyFilter>,
@@ -344,6 +723,21 @@ async fn list_api_keys(
     ))
 }
 
+/// Revokes an API key.
+#[utoipa::path(
+    delete,
+    path = "/admin/api-keys/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "API key id")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such API key (`not_found`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn revoke_api_key(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -352,6 +746,19 @@ async fn revoke_api_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Lists signing keys and their states.
+#[utoipa::path(
+    get,
+    path = "/admin/keys",
+    tag = "admin",
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The signing keys", body = SigningKeyList),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn list_keys(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     let keys = app.store.list_signing_keys().await?;
     Ok(Json(json!({"keys": keys.iter().map(|k| json!({
@@ -360,6 +767,19 @@ async fn list_keys(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError>
     })).collect::<Vec<_>>()})))
 }
 
+/// Publishes a new signing key; it starts signing after the publish lead time.
+#[utoipa::path(
+    post,
+    path = "/admin/keys/rotate",
+    tag = "admin",
+    security(("adminToken" = [])),
+    responses(
+        (status = 202, description = "The new key, published but not signing yet", body = RotatedKey),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable or rotation failed", body = ErrorBody),
+    )
+)]
 async fn rotate_keys(State(app): State<Arc<App>>) -> Result<(StatusCode, Json<Value>), ApiError> {
     let kid = app.keys.rotate(&app.store).await.map_err(|e| {
         tracing::error!("key rotation failed: {e}");

@@ -1,7 +1,9 @@
-//! HTTP surface: the public API, the admin API, and their shared error type.
+//! HTTP surface: the public API, the admin API, their shared error type, and the OpenAPI
+//! document describing both (`/openapi.json`, see [`openapi`]).
 
 pub mod admin;
 pub mod oauth;
+pub mod openapi;
 pub mod public;
 
 use axum::http::{header, HeaderMap, StatusCode};
@@ -9,6 +11,21 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+
+// Schema for the OpenAPI document only: `ApiError` writes the body (a test in `openapi.rs`
+// keeps the two in step).
+/// The body of every error answer.
+#[derive(utoipa::ToSchema)]
+#[schema(example = json!({"error": "invalid_request", "error_description": "malformed JSON body: expected value at line 1 column 1"}))]
+pub struct ErrorBody {
+    /// Machine-readable code: `invalid_request`, `invalid_grant`, `invalid_client`,
+    /// `invalid_token`, `unsupported_grant_type`, `weak_password`, `disabled`, `forbidden`,
+    /// `not_found`, `method_not_allowed`, `conflict`, `too_many_requests`, `unavailable`,
+    /// `server_error`.
+    pub error: String,
+    /// Human-readable explanation (never contains secrets).
+    pub error_description: String,
+}
 
 /// An error answer: `{"error", "error_description"}` with the right status.
 #[derive(Debug)]
@@ -147,5 +164,6 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Requests larger than this are refused with 413 before parsing.
+/// Requests larger than this are refused with 413 before parsing (a plain-text body from the
+/// size limit, not an [`ErrorBody`]).
 pub const MAX_BODY: usize = 64 * 1024;

@@ -1,6 +1,9 @@
 //! OAuth 2.0 endpoints for clients that speak the standard: `/oauth/token` (RFC 6749 grants
 //! `password`, `refresh_token`, `client_credentials` with an API key as the client secret),
 //! `/oauth/introspect` (RFC 7662) and `/oauth/revoke` (RFC 7009).
+//!
+//! The handlers read their form bodies as plain key/value pairs; the `*Form` schema types
+//! below exist only to document those forms in the OpenAPI document ([`super::openapi`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,10 +17,11 @@ use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::public::{api_key_grant, client_ip, password_grant, rotate, verify_access};
-use super::ApiError;
-use crate::app::{now, App};
+use super::{ApiError, ErrorBody};
+use crate::app::{now, App, TokenPair};
 use crate::crypto::secrets;
 
 /// The OAuth router (merged into the public one).
@@ -73,6 +77,127 @@ fn client_secret(headers: &HeaderMap, f: &HashMap<String, String>) -> Option<Str
     basic.or_else(|| f.get("client_secret").cloned())
 }
 
+/// OAuth 2.0 grant types accepted by `/oauth/token`.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum GrantType {
+    /// RFC 6749 §4.3: `username` and `password`.
+    Password,
+    /// RFC 6749 §6: `refresh_token`.
+    RefreshToken,
+    /// RFC 6749 §4.4: the API key as the client secret.
+    ClientCredentials,
+}
+
+// Schema for the OpenAPI document only; the handler reads the form as key/value pairs.
+/// The `/oauth/token` form (`application/x-www-form-urlencoded`). Parameters must not repeat.
+#[derive(ToSchema)]
+pub struct TokenForm {
+    /// The grant.
+    pub grant_type: GrantType,
+    /// `password` grant: email or username.
+    #[schema(nullable = false)]
+    pub username: Option<String>,
+    /// `password` grant: the password.
+    #[schema(nullable = false)]
+    pub password: Option<String>,
+    /// `refresh_token` grant: the refresh token to rotate.
+    #[schema(nullable = false)]
+    pub refresh_token: Option<String>,
+    /// `client_credentials` grant: accepted and ignored (the API key names its subject).
+    #[schema(nullable = false)]
+    pub client_id: Option<String>,
+    /// `client_credentials` grant: the API key (`client_secret_post`), unless sent with
+    /// HTTP Basic.
+    #[schema(nullable = false)]
+    pub client_secret: Option<String>,
+}
+
+// Schema for the OpenAPI document only; the handler reads the form as key/value pairs.
+/// The `/oauth/introspect` form (RFC 7662 §2.1). Parameters must not repeat.
+#[derive(ToSchema)]
+pub struct IntrospectForm {
+    /// An access token or a refresh token.
+    pub token: String,
+    /// Accepted and ignored: both kinds are tried.
+    #[schema(nullable = false)]
+    pub token_type_hint: Option<String>,
+    /// The caller's API key, unless sent with HTTP Basic, `Authorization: ApiKey`, or the
+    /// admin token is used.
+    #[schema(nullable = false)]
+    pub client_secret: Option<String>,
+}
+
+// Schema for the OpenAPI document only; the handler reads the form as key/value pairs.
+/// The `/oauth/revoke` form (RFC 7009 §2.1). Parameters must not repeat.
+#[derive(ToSchema)]
+pub struct RevokeForm {
+    /// An access token or a refresh token; its whole session is revoked.
+    pub token: String,
+    /// Accepted and ignored: both kinds are tried.
+    #[schema(nullable = false)]
+    pub token_type_hint: Option<String>,
+    /// The caller's API key, unless sent with HTTP Basic, `Authorization: ApiKey`, or the
+    /// admin token is used.
+    #[schema(nullable = false)]
+    pub client_secret: Option<String>,
+}
+
+/// The introspection answer (RFC 7662 §2.2). Inactive or unknown tokens answer only
+/// `{"active": false}`; an active access token answers all its claims (also `aud`, `scope`,
+/// `roles`, `amr`, `jti`, ... and custom ones) plus `active` and `token_type`.
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+#[derive(ToSchema)]
+pub struct Introspection {
+    /// Whether the token is valid and its session alive.
+    pub active: bool,
+    /// `access_token` or `refresh_token` (active tokens only).
+    #[schema(nullable = false)]
+    pub token_type: Option<String>,
+    /// Subject.
+    #[schema(nullable = false)]
+    pub sub: Option<String>,
+    /// Session id.
+    #[schema(nullable = false)]
+    pub sid: Option<String>,
+    /// Issuer.
+    #[schema(nullable = false)]
+    pub iss: Option<String>,
+    /// Expiry (seconds since the epoch; for a refresh token, the session's end).
+    #[schema(nullable = false)]
+    pub exp: Option<i64>,
+    /// Issue time (seconds since the epoch).
+    #[schema(nullable = false)]
+    pub iat: Option<i64>,
+}
+
+/// OAuth 2.0 token endpoint: `password`, `refresh_token` and `client_credentials` grants.
+///
+/// The client secret of `client_credentials` is an API key, sent with HTTP Basic
+/// (`client_secret_basic`, any client id) or in the form (`client_secret_post`).
+/// Errors use this API's statuses: bad credentials answer 401 (`invalid_grant` /
+/// `invalid_client`).
+#[utoipa::path(
+    post,
+    path = "/oauth/token",
+    tag = "oauth",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    security((), ("basic" = [])),
+    responses(
+        (status = 200, description = "A token pair", body = TokenPair,
+         headers(
+             ("Cache-Control" = String, description = "`no-store`"),
+             ("Pragma" = String, description = "`no-cache`"),
+         )),
+        (status = 400, description = "Malformed or repeated parameters, missing parameters (`invalid_request`), or unknown grant (`unsupported_grant_type`)", body = ErrorBody),
+        (status = 401, description = "Wrong credentials or refresh token (`invalid_grant`), or a bad client secret (`invalid_client`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 415, description = "Body not `application/x-www-form-urlencoded`", body = ErrorBody),
+        (status = 429, description = "Too many failed password attempts", body = ErrorBody,
+         headers(("Retry-After" = i64, description = "Seconds until the budget resets"))),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn token(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -166,6 +291,22 @@ async fn require_client(
     Ok(())
 }
 
+/// Token introspection (RFC 7662) for authenticated clients: an API key or the admin token.
+#[utoipa::path(
+    post,
+    path = "/oauth/introspect",
+    tag = "oauth",
+    request_body(content = IntrospectForm, content_type = "application/x-www-form-urlencoded"),
+    security(("adminToken" = []), ("apiKey" = []), ("basic" = []), ()),
+    responses(
+        (status = 200, description = "Whether the token is active, and its claims", body = Introspection),
+        (status = 400, description = "Malformed form or missing `token`", body = ErrorBody),
+        (status = 401, description = "No valid API key or admin token (`invalid_client`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 415, description = "Body not `application/x-www-form-urlencoded`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn introspect(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -212,6 +353,23 @@ async fn introspect(
     }
 }
 
+/// Token revocation (RFC 7009) for authenticated clients: revokes the token's whole session.
+/// Unknown tokens also answer 200.
+#[utoipa::path(
+    post,
+    path = "/oauth/revoke",
+    tag = "oauth",
+    request_body(content = RevokeForm, content_type = "application/x-www-form-urlencoded"),
+    security(("adminToken" = []), ("apiKey" = []), ("basic" = []), ()),
+    responses(
+        (status = 200, description = "Revoked, or the token was unknown (empty body)"),
+        (status = 400, description = "Malformed form or missing `token`", body = ErrorBody),
+        (status = 401, description = "No valid API key or admin token (`invalid_client`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 415, description = "Body not `application/x-www-form-urlencoded`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn revoke(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

@@ -1,4 +1,6 @@
 //! The public API: logins, refresh, logout, sign-up, the caller's profile, JWKS, discovery.
+//!
+//! Every handler carries a `#[utoipa::path]` annotation; [`super::openapi`] collects them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,8 +14,9 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
-use super::{bearer, json_body, ApiError};
+use super::{bearer, json_body, ApiError, ErrorBody};
 use crate::app::{now, App, TokenPair};
 use crate::crypto::{password, secrets};
 use crate::store::{NewUser, RotateOutcome, Session, User};
@@ -30,15 +33,75 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/auth/logout", post(logout))
         .route("/v1/users", post(signup))
         .route("/v1/users/me", get(me).patch(update_me))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(super::openapi::openapi_json))
         .fallback(super::not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
         .with_state(app.clone())
         .merge(super::oauth::router(app))
 }
 
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+/// The JWKS document (RFC 7517): public keys only.
+#[derive(ToSchema)]
+pub struct JwksDocument {
+    /// Public JWKs: every key that signs, will sign, or signed a token that has not expired.
+    #[schema(value_type = Vec<Object>)]
+    pub keys: Vec<Value>,
+}
+
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+/// The discovery document (a subset of OpenID Connect Discovery / RFC 8414).
+#[derive(ToSchema)]
+pub struct DiscoveryDocument {
+    /// The `iss` of every token.
+    pub issuer: String,
+    /// Where the JWKS is published.
+    pub jwks_uri: String,
+    /// The OAuth token endpoint.
+    pub token_endpoint: String,
+    /// `password`, `refresh_token`, `client_credentials`.
+    pub grant_types_supported: Vec<String>,
+    /// `client_secret_basic`, `client_secret_post`.
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// The configured signing algorithm (`ES256`, `RS256` or `EdDSA`).
+    pub id_token_signing_alg_values_supported: Vec<String>,
+    /// `token`.
+    pub response_types_supported: Vec<String>,
+    /// `public`.
+    pub subject_types_supported: Vec<String>,
+}
+
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+/// The answer of the health endpoints.
+#[derive(ToSchema)]
+pub struct HealthStatus {
+    /// `ok` (`/healthz`), `ready` or `database unavailable` (`/readyz`).
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// Publishes the signing keys.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "keys",
+    params(("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "The public signing keys", body = JwksDocument,
+         headers(
+             ("Cache-Control" = String, description = "`public, max-age=300`"),
+             ("ETag" = String, description = "Changes whenever the key set does"),
+         )),
+        (status = 304, description = "The key set still matches `If-None-Match`",
+         headers(
+             ("Cache-Control" = String, description = "`public, max-age=300`"),
+             ("ETag" = String, description = "The current ETag"),
+         )),
+    )
+)]
 async fn jwks(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let view = app.keys.view();
     let cache = [
@@ -61,6 +124,13 @@ async fn jwks(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// Issuer metadata for OAuth / OpenID Connect clients.
+#[utoipa::path(
+    get,
+    path = "/.well-known/openid-configuration",
+    tag = "keys",
+    responses((status = 200, description = "The discovery document", body = DiscoveryDocument))
+)]
 async fn discovery(State(app): State<Arc<App>>) -> Json<Value> {
     let iss = &app.cfg.issuer;
     Json(json!({
@@ -75,6 +145,26 @@ async fn discovery(State(app): State<Arc<App>>) -> Json<Value> {
     }))
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process is up", body = HealthStatus,
+               example = json!({"status": "ok"})))
+)]
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
+               content_type = "text/plain; version=0.0.4"))
+)]
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -83,6 +173,18 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+/// Readiness: the database answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready to serve", body = HealthStatus,
+         example = json!({"status": "ready"})),
+        (status = 503, description = "The database is unavailable", body = HealthStatus,
+         example = json!({"status": "database unavailable"})),
+    )
+)]
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.store.ping().await {
         Json(json!({"status": "ready"})).into_response()
@@ -105,11 +207,15 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> String {
     peer.ip().to_string()
 }
 
-#[derive(Deserialize)]
+/// Password login: `email` or `username`, and `password`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PasswordLogin {
+pub(super) struct PasswordLogin {
+    /// The account's email address (case-insensitive).
     email: Option<String>,
+    /// The account's username (used when `email` is absent).
     username: Option<String>,
+    /// The password.
     password: String,
 }
 
@@ -160,6 +266,28 @@ async fn locked_out(app: &App, account_key: &str, ip_key: &str) -> Result<Option
     Ok(None)
 }
 
+/// Logs in with a login (email or username) and a password.
+///
+/// Credentials come from HTTP Basic (`login:password`) when present, else from the JSON body.
+/// Failures count against per-account and per-IP budgets; an exhausted budget answers 429.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/password",
+    tag = "auth",
+    request_body(content = Option<PasswordLogin>, content_type = "application/json",
+                 description = "Not needed when HTTP Basic credentials are sent"),
+    security((), ("basic" = [])),
+    responses(
+        (status = 200, description = "Logged in", body = TokenPair),
+        (status = 400, description = "Malformed body or missing credentials", body = ErrorBody),
+        (status = 401, description = "Wrong login or password (`invalid_grant`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = ErrorBody,
+         headers(("Retry-After" = i64, description = "Seconds until the budget resets"))),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn password_login(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -246,12 +374,33 @@ pub async fn password_grant(
     app.login(&user, "pwd", &[], &roles).await
 }
 
-#[derive(Deserialize)]
+/// API-key login.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ApiKeyLogin {
+pub(super) struct ApiKeyLogin {
+    /// The API key, as created (`pk_...`).
     api_key: String,
 }
 
+/// Exchanges an API key for a token pair bound to the key's subject, scopes and roles.
+///
+/// The key comes from `Authorization: ApiKey <key>` when present, else from the JSON body.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/api-key",
+    tag = "auth",
+    request_body(content = Option<ApiKeyLogin>, content_type = "application/json",
+                 description = "Not needed when the key is sent as `Authorization: ApiKey <key>`"),
+    security((), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "Logged in", body = TokenPair),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "Unknown, revoked or expired API key (`invalid_client`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn api_key_login(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -316,6 +465,17 @@ fn service_user(subject: &str) -> User {
     }
 }
 
+/// Creates an anonymous user and logs it in (`amr: ["anon"]`).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/anonymous",
+    tag = "auth",
+    responses(
+        (status = 201, description = "A new anonymous user, logged in", body = TokenPair),
+        (status = 403, description = "Anonymous sign-in is disabled (`disabled`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn anonymous_login(
     State(app): State<Arc<App>>,
 ) -> Result<(StatusCode, Json<TokenPair>), ApiError> {
@@ -345,9 +505,11 @@ async fn anonymous_login(
     ))
 }
 
-#[derive(Deserialize)]
+/// A refresh token to rotate.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RefreshBody {
+pub(super) struct RefreshBody {
+    /// The current refresh token of the session.
     refresh_token: String,
 }
 
@@ -412,6 +574,23 @@ pub async fn rotate(app: &App, presented: &str) -> Result<TokenPair, ApiError> {
     })
 }
 
+/// Rotates a refresh token: the answer carries a new pair; the old refresh token is spent.
+///
+/// Presenting a spent refresh token again (after a short grace period) revokes the session.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/refresh",
+    tag = "auth",
+    request_body(content = RefreshBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A new token pair", body = TokenPair),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "Unknown, reused or expired refresh token, or disabled account (`invalid_grant`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn refresh(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -481,12 +660,33 @@ async fn caller(app: &App, headers: &HeaderMap) -> Result<(User, Value), ApiErro
     Ok((user, claims))
 }
 
-#[derive(Deserialize)]
+/// Logout by refresh token (when no access token is sent).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LogoutBody {
+pub(super) struct LogoutBody {
+    /// A refresh token of the session to end.
     refresh_token: Option<String>,
 }
 
+/// Ends a session, named by the bearer access token or, without one, by a refresh token.
+///
+/// An unknown refresh token also answers 204.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout",
+    tag = "auth",
+    request_body(content = Option<LogoutBody>, content_type = "application/json",
+                 description = "Needed only when no bearer access token is sent"),
+    security(("bearer" = []), ()),
+    responses(
+        (status = 204, description = "The session is revoked (or was unknown)"),
+        (status = 400, description = "Neither a bearer token nor `refresh_token`, or a malformed body", body = ErrorBody),
+        (status = 401, description = "Invalid or expired access token (`invalid_token`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn logout(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -522,13 +722,19 @@ async fn logout(
     }
 }
 
-#[derive(Deserialize)]
+/// Sign-up with an email address and a password.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SignupBody {
+pub(super) struct SignupBody {
+    /// Email address (lower-cased; must be unique).
     email: String,
+    /// Password, checked against the length policy and a list of common passwords.
     password: String,
+    /// Optional username (lower-cased; must be unique).
     username: Option<String>,
+    /// Optional metadata the user may change later (a JSON object).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     user_metadata: Option<Value>,
 }
 
@@ -559,6 +765,23 @@ fn password_problem(app: &App, pw: &str) -> Result<(), ApiError> {
     })
 }
 
+/// Creates an account (when sign-up is enabled) and logs it in.
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "users",
+    request_body(content = SignupBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The account is created and logged in", body = TokenPair),
+        (status = 400, description = "Malformed body or invalid email address", body = ErrorBody),
+        (status = 403, description = "Sign-up is disabled (`disabled`)", body = ErrorBody),
+        (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "The password does not meet the policy (`weak_password`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn signup(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -599,6 +822,43 @@ async fn signup(
     ))
 }
 
+// Schema for the OpenAPI document only: `user_json` writes the JSON (a test in `openapi.rs`
+// keeps the two in step).
+/// A user as the API shows it (never the password hash).
+#[derive(ToSchema)]
+pub struct UserView {
+    /// Random id; the `sub` of the user's tokens.
+    pub id: String,
+    /// Lower-cased email address.
+    #[schema(required = true)]
+    pub email: Option<String>,
+    /// Username.
+    #[schema(required = true)]
+    pub username: Option<String>,
+    /// E.164 phone number.
+    #[schema(required = true)]
+    pub phone: Option<String>,
+    /// Roles copied into the `roles` claim.
+    pub roles: Vec<String>,
+    /// Metadata only administrators may change; its keys become extra token claims.
+    #[schema(value_type = Object)]
+    pub app_metadata: Value,
+    /// Metadata the user may change.
+    #[schema(value_type = Object)]
+    pub user_metadata: Value,
+    /// Created by an anonymous login.
+    pub anonymous: bool,
+    /// When the email address was confirmed (seconds since the epoch).
+    #[schema(required = true)]
+    pub email_confirmed_at: Option<i64>,
+    /// A disabled account cannot log in or refresh.
+    pub disabled: bool,
+    /// Creation time (seconds since the epoch).
+    pub created_at: i64,
+    /// Last change (seconds since the epoch).
+    pub updated_at: i64,
+}
+
 /// The public view of a user (never the password hash).
 pub fn user_json(u: &User) -> Value {
     json!({
@@ -609,20 +869,59 @@ pub fn user_json(u: &User) -> Value {
     })
 }
 
+/// The caller's account.
+#[utoipa::path(
+    get,
+    path = "/v1/users/me",
+    tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's account", body = UserView),
+        (status = 401, description = "Missing, invalid or revoked access token (`invalid_token`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let (user, _) = caller(&app, &headers).await?;
     Ok(Json(user_json(&user)))
 }
 
-#[derive(Deserialize)]
+/// Changes to the caller's account; absent fields are left alone.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateMe {
+pub(super) struct UpdateMe {
+    /// New email address (clears its confirmation).
     email: Option<String>,
+    /// New password, checked against the policy.
     password: Option<String>,
+    /// The current password; required with `password` when the account has one.
     old_password: Option<String>,
+    /// Replaces the user metadata (a JSON object).
+    #[schema(value_type = Option<Object>)]
     user_metadata: Option<Value>,
 }
 
+/// Updates the caller's email, password or user metadata.
+///
+/// An anonymous user that gains an email and a password becomes a regular account with the
+/// same id.
+#[utoipa::path(
+    patch,
+    path = "/v1/users/me",
+    tag = "users",
+    request_body(content = UpdateMe, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated account", body = UserView),
+        (status = 400, description = "Malformed body, invalid email, missing `old_password`, or metadata not an object", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked access token (`invalid_token`), or wrong `old_password` (`invalid_grant`)", body = ErrorBody),
+        (status = 409, description = "The email is taken (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "The new password does not meet the policy (`weak_password`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 async fn update_me(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
