@@ -206,6 +206,7 @@ async fn serve(app: Arc<App>) -> anyhow::Result<()> {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             http::MAX_BODY,
         ))
+        .layer(axum::middleware::from_fn(http::json_413))
         .layer(axum::middleware::from_fn(
             portcullis_issuer::metrics::request_log,
         ))
@@ -214,6 +215,7 @@ async fn serve(app: Arc<App>) -> anyhow::Result<()> {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             http::MAX_BODY,
         ))
+        .layer(axum::middleware::from_fn(http::json_413))
         .layer(axum::middleware::from_fn(
             portcullis_issuer::metrics::request_log,
         ));

@@ -314,7 +314,7 @@ pub(super) struct CreateUser {
         (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
         (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
         (status = 422, description = "The password does not meet the policy (`weak_password`)", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
@@ -433,7 +433,7 @@ pub(super) struct UpdateUser {
         (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
@@ -487,7 +487,7 @@ async fn update_user(
         (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
         (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
@@ -666,7 +666,7 @@ pub(super) fn api_key_json(k: &ApiKey) -> Value {
         (status = 400, description = "Malformed body or bad `subject`", body = ErrorBody),
         (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
         (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )

@@ -164,6 +164,24 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Requests larger than this are refused with 413 before parsing (a plain-text body from the
-/// size limit, not an [`ErrorBody`]).
+/// Rewrites the body-limit layer's plain-text 413 into the JSON error shape.
+pub async fn json_413(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies are limited to {MAX_BODY} bytes"),
+        )
+        .into_response();
+    }
+    resp
+}
+
+/// Requests larger than this are refused with 413 before parsing (rewritten to an
+/// [`ErrorBody`] by [`json_413`]).
 pub const MAX_BODY: usize = 64 * 1024;

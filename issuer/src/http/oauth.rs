@@ -189,9 +189,9 @@ pub struct Introspection {
              ("Cache-Control" = String, description = "`no-store`"),
              ("Pragma" = String, description = "`no-cache`"),
          )),
-        (status = 400, description = "Malformed or repeated parameters, missing parameters (`invalid_request`), or unknown grant (`unsupported_grant_type`)", body = ErrorBody),
-        (status = 401, description = "Wrong credentials or refresh token (`invalid_grant`), or a bad client secret (`invalid_client`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 400, description = "Malformed or repeated parameters, missing parameters (`invalid_request`), unknown grant (`unsupported_grant_type`), or wrong credentials / refresh token (`invalid_grant`, RFC 6749 §5.2)", body = ErrorBody),
+        (status = 401, description = "A bad client secret (`invalid_client`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Body not `application/x-www-form-urlencoded`", body = ErrorBody),
         (status = 429, description = "Too many failed password attempts", body = ErrorBody,
          headers(("Retry-After" = i64, description = "Seconds until the budget resets"))),
@@ -204,6 +204,25 @@ async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    token_grant(&app, peer, &headers, &body)
+        .await
+        .map_err(|mut e| {
+            // RFC 6749 §5.2: a bad grant is a 400; only client authentication failures are 401.
+            if e.code == "invalid_grant" {
+                e.status = StatusCode::BAD_REQUEST;
+                e.headers.clear();
+            }
+            e
+        })
+}
+
+async fn token_grant(
+    app: &Arc<App>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let (app, headers, body) = (app.clone(), headers.clone(), body.clone());
     let f = form(&headers, &body)?;
     let pair = match f.get("grant_type").map(String::as_str) {
         Some("password") => {
@@ -302,7 +321,7 @@ async fn require_client(
         (status = 200, description = "Whether the token is active, and its claims", body = Introspection),
         (status = 400, description = "Malformed form or missing `token`", body = ErrorBody),
         (status = 401, description = "No valid API key or admin token (`invalid_client`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Body not `application/x-www-form-urlencoded`", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
@@ -365,7 +384,7 @@ async fn introspect(
         (status = 200, description = "Revoked, or the token was unknown (empty body)"),
         (status = 400, description = "Malformed form or missing `token`", body = ErrorBody),
         (status = 401, description = "No valid API key or admin token (`invalid_client`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (plain text)", body = String, content_type = "text/plain"),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Body not `application/x-www-form-urlencoded`", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )

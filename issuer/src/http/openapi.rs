@@ -13,8 +13,8 @@
 //! admin API token, or an access token with role `admin`). An empty requirement (`{}`) in an
 //! operation's `security` means the credentials may come in the body instead.
 //!
-//! Error answers are documented as [`ErrorBody`](super::ErrorBody), except 413 (the body-size
-//! limit answers in plain text before any handler runs).
+//! Error answers are documented as [`ErrorBody`](super::ErrorBody), 413 included (the
+//! body-size limit's answer is rewritten to that shape by `json_413`).
 //!
 //! When adding a route: annotate the handler, list it in [`ApiDoc`] below and in `ROUTES` in
 //! this module's tests (which also checks that list against the routers' sources).
