@@ -1,6 +1,7 @@
 //! Harness for end-to-end tests: start the real binaries on loopback, talk to them with real
 //! clients (reqwest, raw sockets), and stop everything when a test ends — even on panic.
 
+pub mod issuer;
 pub mod jwt;
 
 use std::io::{Read, Write};

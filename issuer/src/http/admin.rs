@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -88,6 +88,13 @@ async fn require_admin(
 }
 
 /// Paging of `GET /admin/users`.
+/// Parses a query string into `T`, answering bad input with the JSON error shape (axum's
+/// own `Query` rejection is plain text).
+fn query<T: serde::de::DeserializeOwned>(q: Option<String>) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))
+}
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct Page {
@@ -265,8 +272,9 @@ pub struct RotatedKey {
 )]
 async fn list_users(
     State(app): State<Arc<App>>,
-    Query(p): Query<Page>,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
+    let p: Page = query(q)?;
     let users = app
         .store
         .list_users(
@@ -454,6 +462,11 @@ async fn update_user(
     }
     if let Some(r) = b.roles {
         user.roles = r;
+    }
+    for meta in [&b.app_metadata, &b.user_metadata].into_iter().flatten() {
+        if !meta.is_object() {
+            return Err(ApiError::bad_request("metadata must be a JSON object"));
+        }
     }
     if let Some(m) = b.app_metadata {
         user.app_metadata = m;
@@ -715,8 +728,9 @@ struct KeyFilter {
 )]
 async fn list_api_keys(
     State(app): State<Arc<App>>,
-    Query(f): Query<KeyFilter>,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
+    let f: KeyFilter = query(q)?;
     let keys = app.store.list_api_keys(f.subject.as_deref()).await?;
     Ok(Json(
         json!({"api_keys": keys.iter().map(api_key_json).collect::<Vec<_>>()}),

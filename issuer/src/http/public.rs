@@ -439,6 +439,8 @@ pub async fn api_key_grant(app: &App, key: &str) -> Result<TokenPair, ApiError> 
     app.store.touch_api_key(&record.id, t).await?;
     // The key is bound to its subject: tokens name that subject, nothing the caller says.
     let user = match app.store.get_user(&record.subject).await {
+        // A key bound to a disabled account is as dead as the account's password.
+        Ok(u) if u.disabled => return Err(invalid()),
         Ok(u) => u,
         Err(crate::store::StoreError::NotFound) => service_user(&record.subject),
         Err(e) => return Err(e.into()),
@@ -657,6 +659,12 @@ async fn caller(app: &App, headers: &HeaderMap) -> Result<(User, Value), ApiErro
         .get_user(sub)
         .await
         .map_err(|_| ApiError::unauthorized("invalid_token", "unknown user"))?;
+    if user.disabled {
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "the account is disabled",
+        ));
+    }
     Ok((user, claims))
 }
 
