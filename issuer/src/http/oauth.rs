@@ -294,19 +294,9 @@ async fn require_client(
         )
     };
     let key = key.ok_or_else(unauthorized)?;
-    let (prefix, full) = secrets::parse_api_key(&key).ok_or_else(unauthorized)?;
-    let record = app
-        .store
-        .find_api_key_by_prefix(&prefix)
+    super::public::valid_api_key(app, &key)
         .await?
         .ok_or_else(unauthorized)?;
-    let t = now();
-    if !secrets::constant_time_eq(&secrets::hash_api_key(&full, &app.pepper), &record.hash)
-        || record.revoked_at.is_some()
-        || record.expires_at.is_some_and(|e| e <= t)
-    {
-        return Err(unauthorized());
-    }
     Ok(())
 }
 

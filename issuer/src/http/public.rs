@@ -423,20 +423,8 @@ async fn api_key_login(
 pub async fn api_key_grant(app: &App, key: &str) -> Result<TokenPair, ApiError> {
     let invalid =
         || ApiError::unauthorized("invalid_client", "unknown, revoked or expired API key");
-    let (prefix, full) = secrets::parse_api_key(key).ok_or_else(invalid)?;
-    let record = app
-        .store
-        .find_api_key_by_prefix(&prefix)
-        .await?
-        .ok_or_else(invalid)?;
-    let t = now();
-    if !secrets::constant_time_eq(&secrets::hash_api_key(&full, &app.pepper), &record.hash)
-        || record.revoked_at.is_some()
-        || record.expires_at.is_some_and(|e| e <= t)
-    {
-        return Err(invalid());
-    }
-    app.store.touch_api_key(&record.id, t).await?;
+    let record = valid_api_key(app, key).await?.ok_or_else(invalid)?;
+    app.store.touch_api_key(&record.id, now()).await?;
     // The key is bound to its subject: tokens name that subject, nothing the caller says.
     let user = match app.store.get_user(&record.subject).await {
         // A key bound to a disabled account is as dead as the account's password.
@@ -446,6 +434,22 @@ pub async fn api_key_grant(app: &App, key: &str) -> Result<TokenPair, ApiError> 
         Err(e) => return Err(e.into()),
     };
     app.login(&user, "key", &record.scopes, &record.roles).await
+}
+
+/// The stored key for `key` when it is well-formed, matches (constant-time), and is neither
+/// revoked nor expired.
+pub async fn valid_api_key(app: &App, key: &str) -> Result<Option<crate::store::ApiKey>, ApiError> {
+    let Some((prefix, full)) = secrets::parse_api_key(key) else {
+        return Ok(None);
+    };
+    let Some(record) = app.store.find_api_key_by_prefix(&prefix).await? else {
+        return Ok(None);
+    };
+    let t = now();
+    let ok = secrets::constant_time_eq(&secrets::hash_api_key(&full, &app.pepper), &record.hash)
+        && record.revoked_at.is_none()
+        && record.expires_at.is_none_or(|e| e > t);
+    Ok(ok.then_some(record))
 }
 
 /// A machine identity that has no account row.

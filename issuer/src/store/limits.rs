@@ -17,12 +17,7 @@ impl Store {
         window_secs: i64,
         now: i64,
     ) -> Result<i64, StoreError> {
-        if window_secs <= 0 {
-            return Err(StoreError::Invalid(format!(
-                "rate-limit window {window_secs}s must be positive"
-            )));
-        }
-        let window_start = now - now.rem_euclid(window_secs);
+        let window_start = window_start(window_secs, now)?;
         let window_end = window_start.saturating_add(window_secs);
         let hits = sqlx::query_scalar::<_, i64>(
             "INSERT INTO rate_limits (limit_key, window_start, hits, expires_at) \
@@ -52,12 +47,7 @@ impl Store {
         window_secs: i64,
         now: i64,
     ) -> Result<i64, StoreError> {
-        if window_secs <= 0 {
-            return Err(StoreError::Invalid(format!(
-                "rate-limit window {window_secs}s must be positive"
-            )));
-        }
-        let window_start = now - now.rem_euclid(window_secs);
+        let window_start = window_start(window_secs, now)?;
         let hits = sqlx::query_scalar::<_, i64>(
             "SELECT hits FROM rate_limits WHERE limit_key = $1 AND window_start >= $2",
         )
@@ -86,4 +76,15 @@ impl Store {
             .await?;
         Ok(result.rows_affected())
     }
+}
+
+/// Start of the fixed window containing `now` (windows are aligned to multiples of
+/// `window_secs` since the epoch).
+fn window_start(window_secs: i64, now: i64) -> Result<i64, StoreError> {
+    if window_secs <= 0 {
+        return Err(StoreError::Invalid(format!(
+            "rate-limit window {window_secs}s must be positive"
+        )));
+    }
+    Ok(now - now.rem_euclid(window_secs))
 }
