@@ -8,8 +8,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 status=0
-$cargo test --workspace --exclude portcullis-tests 2>&1 | tee -a "$log" || status=1
-$cargo test -p portcullis-tests --lib --tests -- --test-threads=2 2>&1 | tee -a "$log" || status=1
+# One invocation for every crate, so dependencies are built once with one feature set (the
+# same `make build` used); two test threads: the end-to-end suites start real processes.
+$cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee -a "$log" || status=1
 
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .*; ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
