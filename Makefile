@@ -1,7 +1,7 @@
 # Portcullis — two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test build deps lint fmt clean
+.PHONY: run test bench build deps lint fmt clean
 
 ## Install missing build tools (cmake, a C compiler, curl) where possible.
 deps:
@@ -20,6 +20,14 @@ run: build
 test: build
 	@scripts/install-deps.sh nginx postgres
 	@CARGO=$(CARGO) scripts/test.sh
+
+## Benchmarks: the gateway against nginx (and nginx + auth_request) with wrk, criterion
+## micro-benchmarks of the verifier, issuer throughput; writes bench/RESULTS.md.
+## BENCH_QUICK=1 make bench is a short smoke run.
+bench: deps
+	@scripts/install-deps.sh nginx wrk
+	$(CARGO) build --release --workspace --bins
+	@CARGO=$(CARGO) bench/run.sh
 
 ## Formatting and lints, as required before every commit.
 lint:
