@@ -74,6 +74,8 @@ done
 [ "$THREADS" -le "$CONNS" ] || die "BENCH_THREADS must not exceed BENCH_CONNECTIONS"
 
 START_SECONDS=$SECONDS
+# Other work on the machine skews everything: the load is recorded in the report.
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
 # nginx workers and a PostgreSQL cluster owned by another user must reach their directories.
 chmod 755 "$TMP"
@@ -800,6 +802,7 @@ stop_pid "$UP_PID" TERM
 # ---------------------------------------------------------------------------------------------
 log "writing $OUT"
 ELAPSED=$((SECONDS - START_SECONDS))
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # col CASE N: the values of column N of a case, one per round.
 col() {
@@ -886,7 +889,13 @@ fi
   echo "| nginx | $(nginx -v 2>&1 | sed 's/^nginx version: //') |"
   echo "| wrk | $(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}') |"
   echo "| PostgreSQL | ${PG_VERSION:-—} |"
+  echo "| load average (1, 5, 15 min) before / after the run | $LOAD_START / $LOAD_END |"
   echo
+  if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN {exit !(l > 0.5 * n)}'; then
+    echo "**Warning: the machine was busy with other work when the run started (load average"
+    echo "${LOAD_START%% *} on $(nproc) CPUs); the figures are less reliable than usual.**"
+    echo
+  fi
   echo "## Setup"
   echo
   echo "- Everything on 127.0.0.1, on the same $(nproc) cores: wrk, the proxy, the upstream (and the"
@@ -1017,10 +1026,11 @@ fi
   echo "process's own user + system time from \`/proc\`, in this run. *bare signature verification* ="
   echo "criterion \`signature/<alg>\` (median, one core): the \`jsonwebtoken::crypto::verify\` call"
   echo "alone. The throughput-based estimate (1/rps_many − 1/rps_public) × $(nproc) cores counts the whole"
-  echo "machine (wrk and the upstream too) and is shown for comparison only."
+  echo "machine (wrk and the upstream too) and is shown for comparison only. \`verify_uncached\` ÷"
+  echo "\`signature\` is the verifier's own overhead over the signature, measured in isolation."
   echo
-  echo "| algorithm | CPU µs/req many | CPU µs/req public | miss rate | extra µs per verification | criterion \`signature\` µs | criterion \`verify_uncached\` µs | ratio (target ≤ 1.5) | throughput-based estimate µs |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| algorithm | CPU µs/req many | CPU µs/req public | miss rate | extra µs per verification | criterion \`signature\` µs | ratio (target ≤ 1.5) | criterion \`verify_uncached\` µs | \`verify_uncached\` ÷ \`signature\` | throughput-based estimate µs |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for alg in es256 rs256 eddsa; do
     A=${alg^^}
     [ "$A" = EDDSA ] && A=EdDSA
@@ -1035,7 +1045,9 @@ fi
     [ -n "${CRIT[signature/$A]:-}" ] && sig=$(calc 's / 1000' s="${CRIT[signature/$A]}")
     [ -n "${CRIT[verify_uncached/$A]:-}" ] && unc=$(calc 's / 1000' s="${CRIT[verify_uncached/$A]}")
     [ "$sig" != "-" ] && [ "$extra" != "-" ] && r=$(calc 'e / s' e="$extra" s="$sig")×
-    echo "| $A | ${CPU[$c]} | ${CPU[gw_public]} | $miss_rate | $extra | $sig | $unc | $r | $(calc '(1 / a - 1 / b) * n * 1e6' a="${RPS[$c]}" b="${RPS[gw_public]}" n="$(nproc)") |"
+    iso="-"
+    [ "$sig" != "-" ] && [ "$unc" != "-" ] && iso=$(calc 'u / s' u="$unc" s="$sig")×
+    echo "| $A | ${CPU[$c]} | ${CPU[gw_public]} | $miss_rate | $extra | $sig | $r | $unc | $iso | $(calc '(1 / a - 1 / b) * n * 1e6' a="${RPS[$c]}" b="${RPS[gw_public]}" n="$(nproc)") |"
   done
   echo
 
@@ -1086,7 +1098,7 @@ fi
   echo "a refresh token never used before (\`bench/wrk/refresh.lua\` chains the rotated tokens from a"
   echo "pool of fresh sessions). PostgreSQL: $PG_STATUS."
   echo
-  echo "| database | endpoint | req/s | p50 ms | p99 ms | p99.9 ms | issuer CPU µs/req | issuer peak RSS MiB | errors | statuses |"
+  echo "| database | endpoint | req/s | p50 ms | p99 ms | p99.9 ms | issuer CPU µs/req | issuer peak RSS MiB (process lifetime) | errors | statuses |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
   while IFS=$'\t' read -r db ic n rps p50 p99 p999 other st cpu rss statuses; do
     [ "$statuses" != "-" ] || statuses="non-2xx: $st"
