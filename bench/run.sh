@@ -686,7 +686,7 @@ issuer_case() {
   [ "$script" != plain.lua ] || envs+=(BENCH_COUNT_STATUS=1)
   ISSUER_CMD[$c]="${show/wrk …/wrk -t$THREADS -c$conns -d${ISSUER_DURATION}s --latency}"
   ISSUER_CMD[$c]=${ISSUER_CMD[$c]//$ISS_PORT/\$PORT}
-  ensure_issuer "the previous run"
+  ensure_issuer "$ISSUER_PREV_RUN"
   if [ "$c" = refresh ]; then
     harvest "$TMP/refresh-pool" 1
     ensure_issuer "harvesting refresh tokens"
@@ -699,6 +699,7 @@ issuer_case() {
     ensure_issuer "harvesting refresh tokens"
   fi
   local raw=$TMP/wrk/issuer-$db-$c.txt t0 t1
+  ISSUER_PREV_RUN="the $c run"
   t0=$(cpu_ticks "$ISS_PID")
   run_wrk "$raw" "$conns" "$ISSUER_DURATION" "$url" "${envs[@]}" -- \
     "${args[@]}" "${timeout[@]}" -s "$BENCH_DIR/wrk/$script"
@@ -726,6 +727,7 @@ issuer_suite() {
 
 log "issuer throughput on SQLite: ${ISSUER_DURATION} s per endpoint"
 ISS_PID=$SQLITE_ISS_PID ISS_PORT=$SQLITE_ISS_PORT ISS_ADMIN=$SQLITE_ISS_ADMIN
+ISSUER_PREV_RUN="the proxy cases"
 API_KEY=$SQLITE_API_KEY ACCESS=$SQLITE_ACCESS
 issuer_suite sqlite
 ensure_issuer "the last run"
@@ -779,6 +781,7 @@ else
   log "starting a throwaway PostgreSQL cluster"
   if start_postgres; then
     start_issuer postgres "postgres://postgres@127.0.0.1:$PG_PORT/portcullis"
+    ISSUER_PREV_RUN="seeding"
     seed_issuer
     log "issuer throughput on PostgreSQL: ${ISSUER_DURATION} s per endpoint"
     issuer_suite postgres
@@ -1111,7 +1114,7 @@ fi
   if [ ${#ISSUER_RESTARTS[@]} -eq 0 ]; then
     echo "The issuer stayed healthy between runs (probed with an API-key login before each one)."
   else
-    echo "**The issuer stopped answering logins ${#ISSUER_RESTARTS[@]} time(s)** and was restarted on the"
+    echo "**The issuer stopped answering logins ${#ISSUER_RESTARTS[@]} time(s)** (probed with an API-key login before each run) and was restarted on the"
     echo "same database before the next run (it logged \"attempted to call begin_with at non-zero"
     echo "transaction depth\" $txdepth times); see Findings:"
     echo
