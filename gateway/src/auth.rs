@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use serde_json::Value;
@@ -13,7 +14,9 @@ use crate::headers::IdentityPrefix;
 use crate::policy::{ArrayFormat, Denial, RoutePolicy};
 use crate::routes::AuthMode;
 use crate::token::{self, TokenSourceError};
-use crate::verify::{header_value, now_secs, AuthError, VerifiedToken, Verifier, VerifyObserver};
+use crate::verify::{
+    claim_at, header_value, now_secs, AuthError, VerifiedToken, Verifier, VerifyObserver,
+};
 
 /// Why a request was not let through, ready to be answered per RFC 6750.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,21 +107,35 @@ impl Identity {
         names: &'a IdentityHeaderNames,
     ) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> {
         self.token
-            .identity
-            .iter()
-            .filter_map(move |(suffix, v)| names.get(suffix).map(|n| (n, v)))
+            .identity()
+            .filter_map(move |(slot, v)| names.0.get(slot)?.as_ref().map(|n| (n, v)))
             .chain(self.extra.iter().map(|(n, v)| (n, v)))
+    }
+
+    /// [`Identity::headers`] with each name as `Bytes` for `RequestHeader::insert_header`:
+    /// the default names are shared (no copy per request, unlike a `HeaderName`).
+    pub fn wire_headers<'a>(
+        &'a self,
+        names: &'a IdentityHeaderNames,
+    ) -> impl Iterator<Item = (Bytes, &'a HeaderValue)> {
+        self.token
+            .identity()
+            .filter_map(move |(slot, v)| names.2.get(slot)?.clone().map(|n| (n, v)))
+            .chain(
+                self.extra
+                    .iter()
+                    .map(|(n, v)| (Bytes::copy_from_slice(n.as_str().as_bytes()), v)),
+            )
     }
 }
 
-/// The default identity header names under the configured prefix, computed once.
+/// The default identity header names under the configured prefix, computed once (indexed
+/// like [`IDENTITY_SUFFIXES`]).
 #[derive(Debug, Clone)]
-pub struct IdentityHeaderNames(Vec<(&'static str, HeaderName)>, HeaderName);
+pub struct IdentityHeaderNames(Vec<Option<HeaderName>>, HeaderName, Vec<Option<Bytes>>);
 
 /// Suffixes of the default identity headers (`X-Auth-Subject`, …).
-pub const IDENTITY_SUFFIXES: [&str; 8] = [
-    "subject", "issuer", "scopes", "roles", "session", "token-id", "method", "claims",
-];
+pub const IDENTITY_SUFFIXES: [&str; 8] = crate::verify::IDENTITY_SLOTS;
 
 impl IdentityHeaderNames {
     /// Names for `prefix` (e.g. `x-auth-`).
@@ -126,17 +143,19 @@ impl IdentityHeaderNames {
         let name = |suffix: &str| {
             HeaderName::from_bytes(format!("{}{suffix}", prefix.as_str()).as_bytes()).ok()
         };
+        let names: Vec<Option<HeaderName>> = IDENTITY_SUFFIXES.iter().map(|s| name(s)).collect();
+        let wire = names
+            .iter()
+            .map(|n| {
+                n.as_ref()
+                    .map(|n| Bytes::copy_from_slice(n.as_str().as_bytes()))
+            })
+            .collect();
         IdentityHeaderNames(
-            IDENTITY_SUFFIXES
-                .iter()
-                .filter_map(|s| name(s).map(|n| (*s, n)))
-                .collect(),
+            names,
             name("signature").unwrap_or(HeaderName::from_static("x-auth-signature")),
+            wire,
         )
-    }
-
-    fn get(&self, suffix: &str) -> Option<&HeaderName> {
-        self.0.iter().find(|(s, _)| *s == suffix).map(|(_, n)| n)
     }
 
     /// The `…-Signature` header name.
@@ -198,12 +217,21 @@ pub async fn authenticate(
         Ok(v) => v,
         Err(e) => return Outcome::Rejected(Rejection::token(e)),
     };
-    if let Err(d) = policy.check(&verified, now_secs()) {
+    // The full claims only for routes that look at them (they are not kept in the cache).
+    let claims = if policy.claims.is_empty() && policy.claim_headers.is_empty() {
+        None
+    } else {
+        match verified.claims() {
+            Ok(c) => Some(c),
+            Err(e) => return Outcome::Rejected(Rejection::token(e)),
+        }
+    };
+    if let Err(d) = policy.check(&verified, claims.as_ref(), now_secs()) {
         return Outcome::Rejected(Rejection::denied(d));
     }
     let mut extra = Vec::with_capacity(policy.claim_headers.len());
     for (path, name) in &policy.claim_headers {
-        if let Some(v) = verified.claim(path) {
+        if let Some(v) = claims.as_ref().and_then(|c| claim_at(c, path)) {
             match header_value(&claim_text(v, &policy.claim_arrays)) {
                 Ok(value) => extra.push((name.clone(), value)),
                 Err(e) => return Outcome::Rejected(Rejection::token(e)),

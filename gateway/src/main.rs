@@ -13,6 +13,11 @@ use portcullis_gateway::metrics::Metrics;
 use portcullis_gateway::reload::{self, LiveConfig};
 use portcullis_gateway::server::{self, ProcessFlags};
 
+/// jemalloc instead of glibc malloc: ~16 % fewer instructions per proxied request at the same
+/// peak RSS (mimalloc saved slightly more but raised RSS; bench/findings.md item 1).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Portcullis gateway: an authenticating reverse proxy built on Pingora.
 #[derive(Parser, Debug)]
 #[command(name = "portcullis-gateway", version)]

@@ -46,7 +46,9 @@ pub struct RequestCtx {
     config: Arc<GatewayConfig>,
     start: Instant,
     route: Option<Arc<Route>>,
-    request_id: String,
+    /// Kept as a header value: it is sent upstream and downstream, and a client-supplied id
+    /// is shared with the request rather than copied.
+    request_id: HeaderValue,
     client: Option<ClientInfo>,
     /// Normalised, rewritten path plus the original query.
     forward_uri: String,
@@ -73,6 +75,39 @@ fn error_body(code: &str, description: &str, request_id: &str) -> Bytes {
         json!({"error": code, "error_description": description, "request_id": request_id})
             .to_string(),
     )
+}
+
+impl RequestCtx {
+    /// The request id as text (empty before `request_filter` ran).
+    fn request_id(&self) -> &str {
+        // Always visible ASCII: a checked client value or our hex id.
+        self.request_id.to_str().unwrap_or_default()
+    }
+}
+
+/// The metrics label of common statuses without formatting one per request.
+fn status_label(status: u16) -> Option<&'static str> {
+    Some(match status {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        206 => "206",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => return None,
+    })
 }
 
 fn status_error_code(status: u16) -> &'static str {
@@ -266,7 +301,7 @@ impl Gateway {
         let body = error_body(
             r.error.unwrap_or("unauthorized"),
             r.description,
-            &ctx.request_id,
+            ctx.request_id(),
         );
         self.respond(session, ctx, r.status, "application/json", body, &extra)
             .await
@@ -310,7 +345,7 @@ impl Gateway {
         description: &str,
         extra: &[(header::HeaderName, HeaderValue)],
     ) -> Result<()> {
-        let body = error_body(status_error_code(status), description, &ctx.request_id);
+        let body = error_body(status_error_code(status), description, ctx.request_id());
         self.respond(session, ctx, status, "application/json", body, extra)
             .await
     }
@@ -318,10 +353,7 @@ impl Gateway {
     /// Headers every response gets: the request id and the route's response edits.
     fn decorate_response(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
         if !ctx.request_id.is_empty() {
-            resp.insert_header(
-                ctx.config.request_id_header.clone(),
-                ctx.request_id.as_str(),
-            )?;
+            resp.insert_header(ctx.config.request_id_wire.clone(), ctx.request_id.clone())?;
         }
         if let Some(route) = &ctx.route {
             if let (Some(cors), Some(origin)) = (&route.cors, &ctx.cors_origin) {
@@ -408,7 +440,7 @@ impl ProxyHttp for Gateway {
             config: self.live.current(),
             start: Instant::now(),
             route: None,
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             client: None,
             forward_uri: String::new(),
             host: String::new(),
@@ -441,10 +473,9 @@ impl ProxyHttp for Gateway {
             .and_then(|v| v.to_str().ok());
         let client = ClientInfo::resolve(peer_ip(session), &cfg.trust, xff);
         ctx.request_id = match req.headers.get(&cfg.request_id_header) {
-            Some(v) if client.trusted && acceptable_request_id(v.as_bytes()) => {
-                v.to_str().unwrap_or_default().to_string()
-            }
-            _ => new_request_id(),
+            Some(v) if client.trusted && acceptable_request_id(v.as_bytes()) => v.clone(),
+            _ => HeaderValue::from_maybe_shared(Bytes::from(new_request_id()))
+                .unwrap_or(HeaderValue::from_static("")),
         };
         ctx.client = Some(client);
 
@@ -749,22 +780,19 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        upstream.insert_header(
-            ctx.config.request_id_header.clone(),
-            ctx.request_id.as_str(),
-        )?;
+        upstream.insert_header(ctx.config.request_id_wire.clone(), ctx.request_id.clone())?;
         if route.auth != AuthMode::Public && !route.policy.forward_token {
             upstream.remove_header(&header::AUTHORIZATION);
         }
         if let Some(identity) = &ctx.identity {
-            for (name, value) in identity.headers(&ctx.config.identity_names) {
-                upstream.insert_header(name.clone(), value.clone())?;
+            for (name, value) in identity.wire_headers(&ctx.config.identity_names) {
+                upstream.insert_header(name, value.clone())?;
             }
             if let Some(key) = &ctx.config.signature_key {
                 let sig = crate::headers::identity_signature(
                     key,
                     &ctx.config.identity_prefix,
-                    &ctx.request_id,
+                    ctx.request_id(),
                     upstream,
                 );
                 upstream.insert_header(ctx.config.identity_names.signature().clone(), sig)?;
@@ -864,9 +892,17 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .unwrap_or(ctx.status);
         let route = ctx.route.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
+        let status_text;
+        let status_label = match status_label(status) {
+            Some(s) => s,
+            None => {
+                status_text = status.to_string();
+                status_text.as_str()
+            }
+        };
         metrics
             .requests
-            .with_label_values(&[route, status.to_string().as_str()])
+            .with_label_values(&[route, status_label])
             .inc();
         let elapsed = ctx.start.elapsed();
         if ctx.route.is_some() {
@@ -911,7 +947,7 @@ impl ProxyHttp for Gateway {
             request_id: if ctx.request_id.is_empty() {
                 "-"
             } else {
-                &ctx.request_id
+                ctx.request_id()
             },
             auth: ctx.auth,
             auth_reason: ctx.auth_reason,

@@ -87,6 +87,7 @@ pub fn build(live: Arc<LiveConfig>, flags: ProcessFlags) -> Result<Server, Serve
         grace_period_seconds: Some(s.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool,
+        work_stealing: s.work_stealing,
         daemon: flags.daemon,
         ..ServerConf::default()
     };

@@ -11,13 +11,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use bytes::Bytes;
 use http::HeaderValue;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::jwks::{IssuerKeys, KeyLookup};
+use crate::jwks::{IssuerKeys, KeyLookup, VerifyKey};
 
 /// A trusted issuer, compiled from config.
 pub struct Issuer {
@@ -144,48 +145,196 @@ impl AuthError {
     }
 }
 
-/// A verified token: its issuer, claims, and the identity headers derived from them.
+/// Which identity header each slot of [`VerifiedToken::identity`] holds, in sending order.
+pub const IDENTITY_SLOTS: [&str; 8] = [
+    "subject", "issuer", "scopes", "roles", "session", "token-id", "method", "claims",
+];
+const SLOT_SUBJECT: usize = 0;
+const SLOT_CLAIMS: usize = 7;
+
+/// List claims kept for route policies, in the order their items are stored.
+const LIST_SCOPES: usize = 0;
+const LIST_ROLES: usize = 1;
+const LIST_AMR: usize = 2;
+const LIST_AUDIENCES: usize = 3;
+
+/// A verified token: its issuer, the facts route policies need, and the identity headers.
+///
+/// Cached for every distinct token, so it is kept compact (≈ 1 KiB for an issuer-shaped
+/// token, see bench/findings.md): one shared `Bytes` holds every identity header value (the
+/// `X-Auth-Claims` value is the payload segment as sent) and the audience strings; the header
+/// values and list items are slices of it. The full claims are parsed again from the payload
+/// only for routes that need them (claim rules, claim headers).
 pub struct VerifiedToken {
     /// Issuer that verified it.
     pub issuer: Arc<Issuer>,
-    /// All claims.
-    pub claims: Map<String, Value>,
-    /// The payload segment as sent (base64url JSON of the claims), for `X-Auth-Claims`.
-    pub claims_b64: String,
     /// Expiry (seconds since the epoch).
     pub exp: u64,
-    /// `aud` as a list.
-    pub audiences: Vec<String>,
-    /// `scope` / `scp` as a list.
-    pub scopes: Vec<String>,
-    /// `roles` as a list.
-    pub roles: Vec<String>,
-    /// `amr` as a list.
-    pub amr: Vec<String>,
     /// `auth_time`, else `iat`.
     pub auth_time: Option<u64>,
-    /// Thumbprint of the key that verified it.
-    pub key_thumbprint: String,
     /// Key-set generation at verification time (skip the revocation check while unchanged).
     pub key_generation: u64,
-    /// Default identity headers (name suffix after the prefix, value), computed once.
-    pub identity: Vec<(&'static str, HeaderValue)>,
+    /// The key that verified it (its thumbprint is checked against later key sets).
+    key: Arc<VerifyKey>,
+    /// Identity header values by [`IDENTITY_SLOTS`] position, sharing `text`.
+    identity: [Option<HeaderValue>; 8],
+    /// Every header value, then the audiences.
+    text: Bytes,
+    /// `(start, end)` of each list item in `text`: scopes, roles, amr, audiences.
+    items: Box<[(u32, u32)]>,
+    /// End of each list in `items` (scopes, roles, amr, audiences).
+    list_ends: [u16; 4],
 }
 
 impl VerifiedToken {
     /// `sub`, if any.
     pub fn subject(&self) -> Option<&str> {
-        self.claims.get("sub").and_then(Value::as_str)
+        self.identity[SLOT_SUBJECT]
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
     }
 
-    /// A claim by dotted path (`app_metadata.plan`).
-    pub fn claim(&self, path: &[String]) -> Option<&Value> {
-        let (first, rest) = path.split_first()?;
-        let mut v = self.claims.get(first)?;
-        for seg in rest {
-            v = v.as_object()?.get(seg)?;
+    /// Thumbprint of the key that verified it.
+    pub fn key_thumbprint(&self) -> &str {
+        &self.key.thumbprint
+    }
+
+    /// The default identity headers present for this token: (suffix slot, value).
+    pub fn identity(&self) -> impl Iterator<Item = (usize, &HeaderValue)> {
+        self.identity
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_ref().map(|v| (i, v)))
+    }
+
+    fn list(&self, which: usize) -> impl Iterator<Item = &str> + Clone {
+        let start = if which == 0 {
+            0
+        } else {
+            self.list_ends[which - 1] as usize
+        };
+        let end = self.list_ends[which] as usize;
+        self.items[start..end].iter().map(|&(a, b)| {
+            // Built from `&str` pieces at verification time, so always UTF-8.
+            std::str::from_utf8(&self.text[a as usize..b as usize]).unwrap_or("")
+        })
+    }
+
+    /// `aud` as a list.
+    pub fn audiences(&self) -> impl Iterator<Item = &str> + Clone {
+        self.list(LIST_AUDIENCES)
+    }
+
+    /// `scope` / `scp` as a list.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> + Clone {
+        self.list(LIST_SCOPES)
+    }
+
+    /// `roles` as a list.
+    pub fn roles(&self) -> impl Iterator<Item = &str> + Clone {
+        self.list(LIST_ROLES)
+    }
+
+    /// `amr` as a list.
+    pub fn amr(&self) -> impl Iterator<Item = &str> + Clone {
+        self.list(LIST_AMR)
+    }
+
+    /// All claims, parsed again from the payload (routes with claim rules or claim headers).
+    pub fn claims(&self) -> Result<Map<String, Value>, AuthError> {
+        let p64 = self.identity[SLOT_CLAIMS]
+            .as_ref()
+            .ok_or(AuthError::Malformed)?;
+        let json = URL_SAFE_NO_PAD
+            .decode(p64.as_bytes())
+            .map_err(|_| AuthError::Malformed)?;
+        parse_object(&json)
+    }
+
+    /// Approximate heap bytes this entry holds (the cache's byte bound).
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.text.len()
+            + self.items.len() * std::mem::size_of::<(u32, u32)>()
+    }
+}
+
+/// A claim by dotted path (`app_metadata.plan`) in parsed claims.
+pub fn claim_at<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let mut v = claims.get(first)?;
+    for seg in rest {
+        v = v.as_object()?.get(seg)?;
+    }
+    Some(v)
+}
+
+/// Collects a verified token's text into one buffer, recording where each piece lies.
+#[derive(Default)]
+struct TextBuilder {
+    buf: Vec<u8>,
+    values: [Option<(u32, u32)>; 8],
+    items: Vec<(u32, u32)>,
+    list_ends: [u16; 4],
+}
+
+impl TextBuilder {
+    fn pos(&self) -> Result<u32, AuthError> {
+        u32::try_from(self.buf.len()).map_err(|_| AuthError::InvalidClaim)
+    }
+
+    /// Appends `s`, refusing text that could break header framing (control characters,
+    /// DEL) or that `HeaderValue::from_str` would refuse (non-ASCII).
+    fn push(&mut self, s: &str) -> Result<(u32, u32), AuthError> {
+        if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(AuthError::InvalidClaim);
         }
-        Some(v)
+        let start = self.pos()?;
+        self.buf.extend_from_slice(s.as_bytes());
+        Ok((start, self.pos()?))
+    }
+
+    /// One identity header value.
+    fn value(&mut self, slot: usize, s: &str) -> Result<(), AuthError> {
+        self.values[slot] = Some(self.push(s)?);
+        Ok(())
+    }
+
+    /// An identity header value made of `list` joined by `sep`; the items are recorded as
+    /// list `which` (lists must be added in order).
+    fn joined(
+        &mut self,
+        slot: usize,
+        which: usize,
+        list: &[&str],
+        sep: &str,
+    ) -> Result<(), AuthError> {
+        let start = self.pos()?;
+        for (i, item) in list.iter().enumerate() {
+            if i > 0 {
+                self.push(sep)?;
+            }
+            let span = self.push(item)?;
+            self.items.push(span);
+        }
+        self.values[slot] = Some((start, self.pos()?));
+        self.end_list(which)
+    }
+
+    /// List `which` made of items appended now, not sent in any header (so any UTF-8).
+    fn list(&mut self, which: usize, list: &[&str]) -> Result<(), AuthError> {
+        for item in list {
+            let start = self.pos()?;
+            self.buf.extend_from_slice(item.as_bytes());
+            self.items.push((start, self.pos()?));
+        }
+        self.end_list(which)
+    }
+
+    fn end_list(&mut self, which: usize) -> Result<(), AuthError> {
+        self.list_ends[which] =
+            u16::try_from(self.items.len()).map_err(|_| AuthError::InvalidClaim)?;
+        Ok(())
     }
 }
 
@@ -283,7 +432,7 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
     }
 }
 
-fn string_list(v: Option<&Value>, space_separated: bool) -> Result<Vec<String>, AuthError> {
+fn string_list(v: Option<&Value>, space_separated: bool) -> Result<Vec<&str>, AuthError> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) if space_separated => {
@@ -291,19 +440,12 @@ fn string_list(v: Option<&Value>, space_separated: bool) -> Result<Vec<String>, 
             if s.chars().any(|c| c.is_control()) {
                 return Err(AuthError::InvalidClaim);
             }
-            Ok(s.split(' ')
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-                .collect())
+            Ok(s.split(' ').filter(|t| !t.is_empty()).collect())
         }
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::String(s)) => Ok(vec![s.as_str()]),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|i| {
-                i.as_str()
-                    .map(str::to_string)
-                    .ok_or(AuthError::InvalidClaim)
-            })
+            .map(|i| i.as_str().ok_or(AuthError::InvalidClaim))
             .collect(),
         Some(_) => Err(AuthError::InvalidClaim),
     }
@@ -339,6 +481,10 @@ pub struct TokenCache {
     cache: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
 }
 
+/// moka's own bookkeeping per entry (entry info, hash-table bucket, deque and timer-wheel
+/// nodes, the key), added to each entry's weight; measured with the `cache_memory` example.
+const ENTRY_OVERHEAD: usize = 320;
+
 struct ExpireAtExp;
 
 impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for ExpireAtExp {
@@ -360,12 +506,32 @@ impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for ExpireAtExp {
 impl TokenCache {
     /// A cache bounded to `max_entries` tokens.
     pub fn new(max_entries: u64) -> Self {
-        TokenCache {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(ExpireAtExp)
-                .build(),
-        }
+        Self::with_limits(max_entries, None)
+    }
+
+    /// A cache bounded to `max_entries` tokens and, if given, about `max_bytes` of memory,
+    /// whichever is reached first.
+    pub fn with_limits(max_entries: u64, max_bytes: Option<u64>) -> Self {
+        let max_entries = max_entries.max(1);
+        let builder = moka::sync::Cache::builder().expire_after(ExpireAtExp);
+        let cache = match max_bytes {
+            None => builder.max_capacity(max_entries).build(),
+            Some(max_bytes) => {
+                // One weighted bound for both limits: every entry weighs at least
+                // `max_bytes / max_entries`, so no more than `max_entries` fit, and at least
+                // its size in bytes, so no more than `max_bytes` are held.
+                let max_bytes = max_bytes.max(1);
+                let floor = (max_bytes / max_entries).max(1);
+                builder
+                    .max_capacity(max_bytes)
+                    .weigher(move |_k: &[u8; 32], v: &Arc<VerifiedToken>| -> u32 {
+                        let bytes = (v.approx_bytes() + ENTRY_OVERHEAD) as u64;
+                        bytes.max(floor).min(max_bytes).min(u32::MAX as u64) as u32
+                    })
+                    .build()
+            }
+        };
+        TokenCache { cache }
     }
 
     /// Number of cached tokens (approximate).
@@ -376,6 +542,16 @@ impl TokenCache {
     /// Whether the cache is empty (approximate).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Total weight of the cached tokens: approximate bytes with a byte bound, else entries.
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    /// Applies pending inserts and evictions now, so `len` is exact (tests, measurements).
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
     }
 }
 
@@ -450,7 +626,7 @@ impl Verifier {
             match hit.issuer.keys.current() {
                 Some(set)
                     if set.generation == hit.key_generation
-                        || set.contains_thumbprint(&hit.key_thumbprint) =>
+                        || set.contains_thumbprint(hit.key_thumbprint()) =>
                 {
                     return Ok(hit)
                 }
@@ -573,36 +749,55 @@ impl Verifier {
         let roles = string_list(claims.get("roles"), false)?;
         let amr = string_list(claims.get("amr"), false)?;
 
-        let mut identity: Vec<(&'static str, HeaderValue)> = Vec::with_capacity(8);
+        // Identity header values, in sending order, then the audiences: one buffer.
         let text = |name: &str| claims.get(name).and_then(Value::as_str);
+        let mut t = TextBuilder::default();
+        t.buf.reserve(p64.len() + 256);
         if let Some(sub) = text("sub") {
-            identity.push(("subject", header_value(sub)?));
+            t.value(0, sub)?;
         }
-        identity.push(("issuer", header_value(iss)?));
-        identity.push(("scopes", header_value(&scopes.join(" "))?));
-        identity.push(("roles", header_value(&roles.join(","))?));
+        t.value(1, iss)?;
+        t.joined(2, LIST_SCOPES, &scopes, " ")?;
+        t.joined(3, LIST_ROLES, &roles, ",")?;
         if let Some(sid) = text("sid") {
-            identity.push(("session", header_value(sid)?));
+            t.value(4, sid)?;
         }
         if let Some(jti) = text("jti") {
-            identity.push(("token-id", header_value(jti)?));
+            t.value(5, jti)?;
         }
-        identity.push(("method", header_value(&amr.join(","))?));
-        identity.push(("claims", header_value(p64)?));
+        t.joined(6, LIST_AMR, &amr, ",")?;
+        t.value(SLOT_CLAIMS, p64)?;
+        t.list(LIST_AUDIENCES, &audiences)?;
+
+        let TextBuilder {
+            buf,
+            values,
+            items,
+            list_ends,
+        } = t;
+        // Exact size: cached for the token's lifetime, spare capacity would be waste.
+        let text = Bytes::from(buf.into_boxed_slice());
+        let mut identity: [Option<HeaderValue>; 8] = Default::default();
+        for (slot, span) in identity.iter_mut().zip(values) {
+            if let Some((a, b)) = span {
+                // Shares `text`; the bytes were checked by `TextBuilder::push`.
+                *slot = Some(
+                    HeaderValue::from_maybe_shared(text.slice(a as usize..b as usize))
+                        .map_err(|_| AuthError::InvalidClaim)?,
+                );
+            }
+        }
 
         Ok(VerifiedToken {
             issuer,
-            claims_b64: p64.to_string(),
-            claims,
             exp,
-            audiences,
-            scopes,
-            roles,
-            amr,
             auth_time,
-            key_thumbprint: key.thumbprint.clone(),
             key_generation: set.generation,
+            key,
             identity,
+            text,
+            items: items.into_boxed_slice(),
+            list_ends,
         })
     }
 }
@@ -651,6 +846,131 @@ mod tests {
             numeric_date(&m(Value::from(-1)), "exp"),
             Err(AuthError::InvalidClaim)
         );
+    }
+
+    /// An HS256 issuer and a signer for its tokens (unit tests need no key files).
+    fn hs_fixture() -> (Arc<Issuer>, impl Fn(&Value) -> String) {
+        use crate::jwks::{hmac_key, KeySource, RefreshPolicy};
+        use hmac::{Hmac, Mac};
+        let secret = b"unit-test-secret-unit-test-secret".to_vec();
+        let key = hmac_key(&secret, Some("k1")).expect("hmac key");
+        let issuer = Arc::new(Issuer {
+            name: "main".into(),
+            iss: "https://iss.test".into(),
+            keys: IssuerKeys::new(
+                "main".into(),
+                KeySource::Static(vec![key]),
+                RefreshPolicy::default(),
+            ),
+            algorithms: vec![Algorithm::HS256],
+            audiences: Vec::new(),
+            leeway: 30,
+            typ: Vec::new(),
+            required: true,
+        });
+        let sign = move |claims: &Value| {
+            let h64 = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","kid":"k1"}"#);
+            let p64 = URL_SAFE_NO_PAD.encode(claims.to_string());
+            let input = format!("{h64}.{p64}");
+            let mut mac = Hmac::<Sha256>::new_from_slice(&secret).expect("hmac");
+            mac.update(input.as_bytes());
+            let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+            format!("{input}.{sig}")
+        };
+        (issuer, sign)
+    }
+
+    struct Quiet;
+    impl VerifyObserver for Quiet {
+        fn cache(&self, _hit: bool) {}
+    }
+
+    #[test]
+    fn compact_token_keeps_every_fact() {
+        let (issuer, sign) = hs_fixture();
+        let verifier = Verifier::new(vec![issuer], 8192, 1, Arc::new(TokenCache::new(16)));
+        let claims = serde_json::json!({
+            "iss": "https://iss.test", "sub": "user-1", "aud": ["demo", "d\u{e9}mo"],
+            "exp": now_secs() + 600, "iat": now_secs() - 5, "sid": "s-1", "jti": "j-1",
+            "scope": "read  write", "scp": ["admin"], "roles": ["a", "b,c"], "amr": ["pwd", "otp"],
+            "app_metadata": {"plan": "pro"}
+        });
+        let token = sign(&claims);
+        let t = futures::executor::block_on(verifier.verify(&token, &Quiet)).expect("valid");
+        assert_eq!(t.subject(), Some("user-1"));
+        assert_eq!(t.audiences().collect::<Vec<_>>(), ["demo", "d\u{e9}mo"]);
+        assert_eq!(t.scopes().collect::<Vec<_>>(), ["read", "write", "admin"]);
+        // A comma inside a role stays one role (the header joins with commas, lists do not).
+        assert_eq!(t.roles().collect::<Vec<_>>(), ["a", "b,c"]);
+        assert_eq!(t.amr().collect::<Vec<_>>(), ["pwd", "otp"]);
+        assert_eq!(t.auth_time, claims["iat"].as_u64());
+        let identity: Vec<(&str, &str)> = t
+            .identity()
+            .map(|(slot, v)| (IDENTITY_SLOTS[slot], v.to_str().unwrap()))
+            .collect();
+        let p64 = token.split('.').nth(1).unwrap();
+        assert_eq!(
+            identity,
+            [
+                ("subject", "user-1"),
+                ("issuer", "https://iss.test"),
+                ("scopes", "read write admin"),
+                ("roles", "a,b,c"),
+                ("session", "s-1"),
+                ("token-id", "j-1"),
+                ("method", "pwd,otp"),
+                ("claims", p64),
+            ]
+        );
+        let parsed = t.claims().expect("claims parse again");
+        assert_eq!(Value::Object(parsed.clone()), claims);
+        let path = ["app_metadata".to_string(), "plan".to_string()];
+        assert_eq!(claim_at(&parsed, &path), Some(&Value::from("pro")));
+        // Non-ASCII text cannot become a header value: refused, as before.
+        let mut bad = claims.clone();
+        bad["sub"] = Value::from("us\u{e9}r");
+        assert_eq!(
+            futures::executor::block_on(verifier.verify(&sign(&bad), &Quiet)).err(),
+            Some(AuthError::InvalidClaim)
+        );
+    }
+
+    #[test]
+    fn cache_is_bounded_by_entries_and_bytes() {
+        let (issuer, sign) = hs_fixture();
+        let fill = |cache: Arc<TokenCache>| {
+            let verifier = Verifier::new(vec![issuer.clone()], 8192, 1, cache.clone());
+            let mut weight = 0;
+            for i in 0..200 {
+                let claims = serde_json::json!({
+                    "iss": "https://iss.test", "sub": format!("user-{i}"),
+                    "exp": now_secs() + 600, "jti": format!("{i:0>40}")
+                });
+                let t = futures::executor::block_on(verifier.verify(&sign(&claims), &Quiet))
+                    .expect("valid");
+                weight = t.approx_bytes() + ENTRY_OVERHEAD;
+                cache.run_pending_tasks();
+            }
+            weight as u64
+        };
+        let by_entries = Arc::new(TokenCache::with_limits(10, Some(1 << 30)));
+        fill(by_entries.clone());
+        assert!(by_entries.len() <= 10, "{} entries", by_entries.len());
+        assert!(by_entries.len() >= 5, "{} entries", by_entries.len());
+
+        // Room for about 8 of these tokens although 1,000 entries are allowed.
+        let probe = Arc::new(TokenCache::with_limits(1000, Some(1 << 30)));
+        let weight = fill(probe.clone());
+        assert!(
+            probe.len() >= 150,
+            "no eviction without pressure: {}",
+            probe.len()
+        );
+        let by_bytes = Arc::new(TokenCache::with_limits(1000, Some(8 * weight)));
+        fill(by_bytes.clone());
+        assert!(by_bytes.len() <= 8, "{} entries", by_bytes.len());
+        assert!(by_bytes.weighted_size() <= 8 * weight);
+        assert!(by_bytes.len() >= 2, "{} entries", by_bytes.len());
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct AuthSettings {
     pub max_token_size: usize,
     /// Verified-token cache bound (applies from start; a reload keeps the running cache).
     pub cache_entries: u64,
+    /// Verified-token cache bound in (approximate) bytes, whichever bound is reached first.
+    pub cache_max_bytes: u64,
     /// Exit at start if a required issuer's keys cannot be fetched.
     pub require_keys_at_start: bool,
 }
@@ -55,6 +57,12 @@ pub(super) fn compile_settings(
             .map_err(|e| src.at(m).err(format!("auth.max_token_size: {e}")))?
             as usize,
     };
+    let cache_max_bytes = match &a.cache_max_bytes {
+        None => 64 << 20,
+        Some(m) => file::parse_size(&m.value.0)
+            .map_err(|e| src.at(m).err(format!("auth.cache_max_bytes: {e}")))?
+            .max(1),
+    };
     let realm = match &a.realm {
         None => "portcullis".to_string(),
         Some(r)
@@ -75,6 +83,7 @@ pub(super) fn compile_settings(
         verify_path,
         max_token_size,
         cache_entries: a.cache_entries.unwrap_or(100_000).max(1),
+        cache_max_bytes,
         require_keys_at_start: a.require_keys_at_start.unwrap_or(false),
     })
 }

@@ -92,6 +92,7 @@ pub struct RefreshFile {
 pub struct AuthSettingsFile {
     pub max_token_size: Option<Spanned<SizeValue>>,
     pub cache_entries: Option<u64>,
+    pub cache_max_bytes: Option<Spanned<SizeValue>>,
     pub realm: Option<Spanned<String>>,
     pub verify_path: Option<Spanned<String>>,
     /// Exit at start when a required issuer's keys cannot be fetched (default: start, and
@@ -119,6 +120,7 @@ pub struct ServerFile {
     pub grace_period: Option<Spanned<DurationValue>>,
     pub graceful_shutdown_timeout: Option<Spanned<DurationValue>>,
     pub upstream_keepalive_pool: Option<usize>,
+    pub work_stealing: Option<bool>,
 }
 
 /// A downstream listener: TCP (`address`) or Unix socket (`unix`), optionally TLS.

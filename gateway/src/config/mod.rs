@@ -84,6 +84,8 @@ pub struct ServerSettings {
     pub graceful_shutdown_timeout_seconds: u64,
     /// Idle upstream connections kept per process.
     pub upstream_keepalive_pool: usize,
+    /// Whether idle worker threads take tasks from busy ones (Pingora `work_stealing`).
+    pub work_stealing: bool,
 }
 
 /// A listening endpoint.
@@ -167,6 +169,9 @@ pub struct GatewayConfig {
     pub identity_prefix: IdentityPrefix,
     /// Request id header name.
     pub request_id_header: HeaderName,
+    /// The same name as shared bytes: Pingora copies a `HeaderName` on every insert, a
+    /// `Bytes` clone is a reference-count increment.
+    pub request_id_wire: Bytes,
     /// Upstream groups by name.
     pub upstreams: BTreeMap<String, Arc<UpstreamGroup>>,
     /// Routes.
@@ -528,10 +533,12 @@ fn compile(
     }
 
     let generation = carry.generation + 1;
-    let token_cache = carry
-        .token_cache
-        .clone()
-        .unwrap_or_else(|| Arc::new(TokenCache::new(auth_settings.cache_entries)));
+    let token_cache = carry.token_cache.clone().unwrap_or_else(|| {
+        Arc::new(TokenCache::with_limits(
+            auth_settings.cache_entries,
+            Some(auth_settings.cache_max_bytes),
+        ))
+    });
     let verifier = Verifier::new(
         issuers,
         auth_settings.max_token_size,
@@ -572,6 +579,7 @@ fn compile(
         trust,
         access_log,
         identity_prefix,
+        request_id_wire: Bytes::copy_from_slice(request_id_header.as_str().as_bytes()),
         request_id_header,
         upstreams,
         router: Router::new(routes),
@@ -614,6 +622,9 @@ fn compile_server(src: &Source, main: &MainFile) -> Result<ServerSettings, Confi
         )?
         .as_secs(),
         upstream_keepalive_pool: s.upstream_keepalive_pool.unwrap_or(128),
+        // Off by default: each connection then stays on one thread (like nginx workers),
+        // which measured less CPU per request (bench/findings.md item 1).
+        work_stealing: s.work_stealing.unwrap_or(false),
     })
 }
 
