@@ -58,6 +58,14 @@ Walk-through:
   # 4. the logged-out session's refresh token is refused
   curl -s http://127.0.0.1:8080/auth/v1/auth/refresh -H 'Content-Type: application/json' \\
        -d "{\"refresh_token\":\"\$(jq -r .refresh_token /tmp/refresh.json)\"}"
+  # 5. sign in by phone: the SMS code goes to data/sms.log (log provider), the first
+  #    verification creates the account
+  curl -s http://127.0.0.1:8080/auth/v1/auth/sms/start -H 'Content-Type: application/json' \\
+       -d '{"phone":"+1 201 555 0123"}'
+  CODE=\$(awk -F'\t' '\$1=="+12015550123" {c=\$2} END {print c}' data/sms.log)
+  curl -s http://127.0.0.1:8080/auth/v1/auth/sms/verify -H 'Content-Type: application/json' \\
+       -d "{\"phone\":\"+12015550123\",\"code\":\"\$CODE\"}" > /tmp/sms-login.json
+  curl -s http://127.0.0.1:8080/api/orders -H "Authorization: Bearer \$(jq -r .access_token /tmp/sms-login.json)" | jq .headers
   # machines: exchange the API key for a token pair
   curl -s -X POST http://127.0.0.1:8080/auth/v1/auth/api-key -H "Authorization: ApiKey ${api_key}"
 

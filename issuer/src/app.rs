@@ -30,6 +30,10 @@ pub struct App {
     pub hash_slots: tokio::sync::Semaphore,
     /// Prometheus metrics.
     pub metrics: crate::metrics::Metrics,
+    /// Delivers the mails of the email flows (see `cfg.email`).
+    pub mailer: crate::mail::Mailer,
+    /// SMS one-time-code login (`None` when the `sms:` section is absent).
+    pub sms: Option<crate::sms::SmsLogin>,
 }
 
 /// What every successful login returns.

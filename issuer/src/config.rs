@@ -47,6 +47,7 @@ struct FileFormat {
     listen: Option<Spanned<String>>,
     admin_listen: Option<Spanned<String>>,
     database_url: Option<Spanned<String>>,
+    sqlite_synchronous: Option<Spanned<String>>,
     issuer: Option<Spanned<String>>,
     #[serde(default)]
     audiences: Vec<String>,
@@ -63,6 +64,9 @@ struct FileFormat {
     anonymous: Toggle,
     #[serde(default)]
     secrets: SecretsFile,
+    #[serde(default)]
+    email: crate::mail::config::EmailFile,
+    sms: Option<crate::sms::config::SmsFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +121,8 @@ pub struct IssuerConfig {
     pub admin_listen: SocketAddr,
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
+    /// Durability of SQLite commits (`sqlite_synchronous: full | normal`).
+    pub sqlite_sync: crate::store::SqliteSync,
     /// `iss` of every token, and the base of discovery URLs.
     pub issuer: String,
     /// `aud` of access tokens.
@@ -159,9 +165,14 @@ pub struct IssuerConfig {
     pub anonymous_enabled: bool,
     /// Directory of generated secrets.
     pub secrets_dir: PathBuf,
+    /// Email flows and the mailer (`email:`).
+    pub email: crate::mail::config::EmailConfig,
+    /// SMS one-time-code login (`sms:`; absent: off).
+    pub sms: Option<crate::sms::config::SmsConfig>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Parses `10s`, `15m`, `2h`, `7d` (or plain seconds).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -259,6 +270,12 @@ impl IssuerConfig {
                 }
             },
         };
+        let sqlite_sync = match &f.sqlite_synchronous {
+            None => crate::store::SqliteSync::Full,
+            Some(v) if v.value == "full" => crate::store::SqliteSync::Full,
+            Some(v) if v.value == "normal" => crate::store::SqliteSync::Normal,
+            Some(v) => return Err(at(v, "sqlite_synchronous: use full or normal".into())),
+        };
         let issuer = match &f.issuer {
             None => "http://127.0.0.1:8081".to_string(),
             Some(i) if i.value.starts_with("http://") || i.value.starts_with("https://") => {
@@ -307,6 +324,7 @@ impl IssuerConfig {
             listen: addr(&f.listen, "listen", "127.0.0.1:8081")?,
             admin_listen: addr(&f.admin_listen, "admin_listen", "127.0.0.1:8082")?,
             database_url,
+            sqlite_sync,
             issuer,
             audiences: if f.audiences.is_empty() {
                 vec!["demo".into()]
@@ -360,6 +378,22 @@ impl IssuerConfig {
                 .dir
                 .map(|d| dir.join(d))
                 .unwrap_or_else(|| dir.join("../data/secrets")),
+            email: crate::mail::config::EmailConfig::compile(f.email, &file, &dir)?,
+            sms: match f.sms {
+                None => None,
+                Some(s) => Some(s.compile(&dir, parse_duration).map_err(|e| match e.at {
+                    Some((line, column)) => ConfigError::At {
+                        file: file.clone(),
+                        line,
+                        column,
+                        message: e.message,
+                    },
+                    None => ConfigError::File {
+                        file: file.clone(),
+                        message: e.message,
+                    },
+                })?),
+            },
         })
     }
 }

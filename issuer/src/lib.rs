@@ -4,5 +4,7 @@ pub mod config;
 pub mod crypto;
 pub mod http;
 pub mod keys;
+pub mod mail;
 pub mod metrics;
+pub mod sms;
 pub mod store;

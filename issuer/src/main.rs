@@ -15,7 +15,7 @@ use portcullis_issuer::crypto::password::{self, PasswordParams};
 use portcullis_issuer::crypto::secrets;
 use portcullis_issuer::http;
 use portcullis_issuer::keys::KeyRing;
-use portcullis_issuer::store::{NewUser, Store};
+use portcullis_issuer::store::{NewUser, Store, StoreOptions};
 
 /// Portcullis issuer: logins, access tokens, rotating refresh tokens, JWKS.
 #[derive(Parser)]
@@ -142,9 +142,14 @@ async fn build(cfg: IssuerConfig) -> anyhow::Result<Arc<App>> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
     }
-    let store = Store::connect(&cfg.database_url)
-        .await
-        .context("opening the database")?;
+    let store = Store::connect_with(
+        &cfg.database_url,
+        StoreOptions {
+            sqlite_sync: cfg.sqlite_sync,
+        },
+    )
+    .await
+    .context("opening the database")?;
     let (pepper, _) = secret_file(&cfg.secrets_dir, "api-key-pepper", secrets::random_token)?;
     let (admin_token, created) =
         secret_file(&cfg.secrets_dir, "admin-token", secrets::random_token)?;
@@ -178,6 +183,10 @@ async fn build(cfg: IssuerConfig) -> anyhow::Result<Arc<App>> {
     };
     Ok(Arc::new(App {
         metrics: portcullis_issuer::metrics::Metrics::new().context("registering metrics")?,
+        mailer: portcullis_issuer::mail::Mailer::new(&cfg.email)
+            .context("configuring the mailer")?,
+        sms: portcullis_issuer::sms::SmsLogin::build(cfg.sms.as_ref(), pepper.as_bytes())
+            .context("configuring SMS login")?,
         hash_slots: tokio::sync::Semaphore::new(cfg.max_concurrent_hashes),
         store,
         keys,
@@ -453,7 +462,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Allocations at least this large get their own mapping, returned to the system when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
+
+/// Fixes glibc's mmap threshold. By default glibc raises it to the size of the largest mapped
+/// block freed so far, so after the first 19 MiB argon2 buffer large blocks come from the heap
+/// arenas of whichever blocking threads ran them and stay resident there: the issuer's memory
+/// grew to ~760 MiB during password logins although at most `max_concurrent_hashes` run at
+/// once. (argon2 buffers themselves are pooled, see crypto::password.)
+fn fix_malloc_thresholds() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // An operator's MALLOC_MMAP_THRESHOLD_ wins.
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt only changes allocator parameters; called before any other thread
+        // exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    fix_malloc_thresholds();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .json()

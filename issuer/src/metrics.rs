@@ -11,12 +11,21 @@ use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 /// The issuer's metrics.
 pub struct Metrics {
     registry: Registry,
-    /// Logins by method (`pwd`, `key`, `anon`, `signup`) and result (`ok`, `denied`).
+    /// Logins by method (`pwd`, `key`, `anon`, `signup`, `sms`) and result (`ok`, `denied`).
     pub logins: IntCounterVec,
     /// Refreshes by outcome (`rotated`, `grace`, `reused`, `invalid`).
     pub refreshes: IntCounterVec,
     /// HTTP answers by status code.
     pub requests: IntCounterVec,
+    /// Mails of the email flows by kind (`confirm_email`, `change_email`, `reset_password`)
+    /// and outcome (`sent`, `failed`).
+    pub emails: IntCounterVec,
+    /// SMS sends by provider and outcome (`sent`, `failed`, `limited`, `refused_country`…).
+    pub sms_sends: IntCounterVec,
+    /// SMS code verifications by outcome (`ok`, `bad_code`, `limited`…).
+    pub sms_verifications: IntCounterVec,
+    /// SMS delivery reports by status (`delivered`, `failed`… or `other`).
+    pub sms_delivery: IntCounterVec,
 }
 
 impl Metrics {
@@ -44,11 +53,47 @@ impl Metrics {
         registry.register(Box::new(logins.clone()))?;
         registry.register(Box::new(refreshes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
+        let emails = IntCounterVec::new(
+            Opts::new(
+                "portcullis_issuer_emails_total",
+                "Mails of the email flows by kind and outcome",
+            ),
+            &["kind", "outcome"],
+        )?;
+        registry.register(Box::new(emails.clone()))?;
+        let sms_sends = IntCounterVec::new(
+            Opts::new(
+                "portcullis_issuer_sms_sends_total",
+                "SMS code sends by provider and outcome",
+            ),
+            &["provider", "outcome"],
+        )?;
+        let sms_verifications = IntCounterVec::new(
+            Opts::new(
+                "portcullis_issuer_sms_verifications_total",
+                "SMS code verifications by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let sms_delivery = IntCounterVec::new(
+            Opts::new(
+                "portcullis_issuer_sms_delivery_reports_total",
+                "SMS delivery reports by status",
+            ),
+            &["status"],
+        )?;
+        registry.register(Box::new(sms_sends.clone()))?;
+        registry.register(Box::new(sms_verifications.clone()))?;
+        registry.register(Box::new(sms_delivery.clone()))?;
         Ok(Metrics {
             registry,
             logins,
             refreshes,
             requests,
+            emails,
+            sms_sends,
+            sms_verifications,
+            sms_delivery,
         })
     }
 

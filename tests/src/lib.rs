@@ -1,8 +1,10 @@
 //! Harness for end-to-end tests: start the real binaries on loopback, talk to them with real
 //! clients (reqwest, raw sockets), and stop everything when a test ends — even on panic.
 
+pub mod fake_twilio;
 pub mod issuer;
 pub mod jwt;
+pub mod smtp_sink;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -692,14 +692,14 @@ fn api_keys(b: Backend) {
     let user = iss.create_user("owner@example.com", PW, &["member"]);
     let k =
         iss.create_api_key(&json!({"subject": user["id"], "scopes": ["x:y"], "roles": ["bot"]}));
-    let c = iss.verify(
-        &iss.api_key_login(k["api_key"].as_str().unwrap())
-            .pair()
-            .access,
-    );
+    let owned = iss.api_key_login(k["api_key"].as_str().unwrap()).pair();
+    let c = iss.verify(&owned.access);
     assert_eq!(c["sub"], user["id"]);
     assert_eq!(c["scope"], "x:y");
     assert_eq!(c["roles"], json!(["bot"]));
+    // Refreshing that session keeps the key's grant, never the account's own roles.
+    let c = iss.verify(&iss.refresh(&owned.refresh).pair().access);
+    assert_eq!(c["roles"], json!(["bot"]), "{c}");
 
     // Modified, unknown and malformed keys.
     iss.api_key_login(&modified(secret))

@@ -2,10 +2,10 @@
 //! length limits and a blocklist, no composition rules).
 
 use std::collections::HashSet;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -43,30 +43,95 @@ impl PasswordParams {
     }
 }
 
+/// Argon2 working memory (19 MiB per hash by default) kept between hashes. Allocating it
+/// per hash costs page faults and zeroing on every login (with glibc's fixed mmap
+/// threshold, see main.rs) or leaves it resident in every allocator arena of the blocking
+/// threads (without it: ~760 MiB seen). At most as many buffers exist as hashes ran at once
+/// (`max_concurrent_hashes`); the pool keeps a few of them.
+static BLOCKS: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
+
+/// Most buffers the pool keeps.
+const MAX_POOLED_BUFFERS: usize = 8;
+
+/// `hasher` over `password` and `salt` into `out`, in a pooled buffer.
+fn hash_into_pooled(
+    hasher: &Argon2<'_>,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), argon2::Error> {
+    let needed = hasher.params().block_count();
+    let pooled = BLOCKS.lock().ok().and_then(|mut pool| pool.pop());
+    let mut blocks = match pooled {
+        Some(b) if b.len() == needed => b,
+        // Other parameters (an old hash being verified): a buffer of the right size.
+        _ => vec![Block::default(); needed],
+    };
+    let result = hasher.hash_password_into_with_memory(password, salt, out, &mut blocks[..]);
+    if let Ok(mut pool) = BLOCKS.lock() {
+        if pool.len() < MAX_POOLED_BUFFERS {
+            pool.push(blocks);
+        }
+    }
+    result
+}
+
 /// Hashes a password with argon2id and a fresh random 128-bit salt, as a PHC string
 /// (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`) that records its own parameters.
 pub fn hash(password: &str, p: &PasswordParams) -> Result<String, CryptoError> {
-    let salt = SaltString::encode_b64(&random_bytes::<16>())
-        .map_err(|e| CryptoError::PasswordHash(e.to_string()))?;
-    let phc = p
-        .hasher()?
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| CryptoError::PasswordHash(e.to_string()))?;
+    let fail = |e: String| CryptoError::PasswordHash(e);
+    let salt_bytes = random_bytes::<16>();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| fail(e.to_string()))?;
+    let hasher = p.hasher()?;
+    let output = Output::init_with(Params::DEFAULT_OUTPUT_LEN, |out| {
+        hash_into_pooled(&hasher, password.as_bytes(), &salt_bytes, out)
+            .map_err(argon2::password_hash::Error::from)
+    })
+    .map_err(|e| fail(e.to_string()))?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(hasher.params()).map_err(|e| fail(e.to_string()))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
     Ok(phc.to_string())
 }
 
 /// Checks a password against a PHC string, using the parameters recorded in it.
 ///
 /// `false` for a wrong password and for an unparsable or non-argon2 hash alike: the caller
-/// answers "invalid credentials" either way. The final comparison is constant-time inside
-/// the `password-hash` crate.
+/// answers "invalid credentials" either way. The final comparison is constant-time
+/// (`password_hash::Output`'s equality).
 pub fn verify(password: &str, phc: &str) -> bool {
     let Ok(parsed) = PasswordHash::new(phc) else {
         return false;
     };
-    Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok()
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    // Includes the output length of the stored hash.
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt_bytes) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let hasher = Argon2::new(algorithm, version, params);
+    let computed = Output::init_with(expected.len(), |out| {
+        hash_into_pooled(&hasher, password.as_bytes(), salt_bytes, out)
+            .map_err(argon2::password_hash::Error::from)
+    });
+    matches!(computed, Ok(c) if c == expected)
 }
 
 /// Whether a stored hash should be replaced on the next successful login: it is not
@@ -106,9 +171,7 @@ pub fn dummy_verify(password: &str, p: &PasswordParams) {
         .unwrap_or_default();
     let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
     // The outcome is meaningless; black_box keeps the optimiser from discarding the work.
-    let succeeded = hasher
-        .hash_password_into(password.as_bytes(), DUMMY_SALT, &mut out)
-        .is_ok();
+    let succeeded = hash_into_pooled(&hasher, password.as_bytes(), DUMMY_SALT, &mut out).is_ok();
     std::hint::black_box((succeeded, out));
 }
 
@@ -181,6 +244,47 @@ pub fn check_policy(password: &str, min_len: usize, max_len: usize) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+
+    #[test]
+    fn pooled_hashing_agrees_with_the_argon2_crate() {
+        let p = PasswordParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        // Ours, checked by the crate's verifier.
+        let ours = hash("pw one", &p).unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default()
+            .verify_password(b"pw one", &parsed)
+            .is_ok());
+        assert!(Argon2::default()
+            .verify_password(b"pw two", &parsed)
+            .is_err());
+        // The crate's, with other parameters and algorithm, checked by ours (a pooled buffer
+        // of another size is replaced, not misused).
+        for (alg, m) in [
+            (Algorithm::Argon2id, 2048),
+            (Algorithm::Argon2i, 64),
+            (Algorithm::Argon2d, 1024),
+        ] {
+            let theirs = Argon2::new(alg, Version::V0x13, Params::new(m, 2, 1, Some(24)).unwrap())
+                .hash_password(
+                    b"pw three",
+                    &SaltString::encode_b64(b"0123456789abcdef").unwrap(),
+                )
+                .unwrap()
+                .to_string();
+            assert!(verify("pw three", &theirs), "{theirs}");
+            assert!(!verify("pw four", &theirs), "{theirs}");
+        }
+        // Many hashes reuse a bounded number of buffers.
+        for _ in 0..20 {
+            assert!(verify("pw one", &ours));
+        }
+        assert!(BLOCKS.lock().unwrap().len() <= MAX_POOLED_BUFFERS);
+    }
     use std::time::{Duration, Instant};
 
     /// Small parameters keep the tests fast; the default-parameter path has its own test.

@@ -42,6 +42,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/api-keys/{id}", delete(revoke_api_key))
         .route("/admin/keys", get(list_keys))
         .route("/admin/keys/rotate", post(rotate_keys))
+        .merge(super::sms::admin_routes())
         .fallback(super::not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), require_admin))

@@ -2,9 +2,11 @@
 //! document describing both (`/openapi.json`, see [`openapi`]).
 
 pub mod admin;
+pub mod email;
 pub mod oauth;
 pub mod openapi;
 pub mod public;
+pub mod sms;
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +23,7 @@ pub struct ErrorBody {
     /// Machine-readable code: `invalid_request`, `invalid_grant`, `invalid_client`,
     /// `invalid_token`, `unsupported_grant_type`, `weak_password`, `disabled`, `forbidden`,
     /// `not_found`, `method_not_allowed`, `conflict`, `too_many_requests`, `unavailable`,
-    /// `server_error`.
+    /// `server_error`, `email_not_confirmed`.
     pub error: String,
     /// Human-readable explanation (never contains secrets).
     pub error_description: String,

@@ -27,7 +27,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::server::{ServerBuilder, ServerVariableBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, oauth, public, ErrorBody};
+use super::{admin, email, oauth, public, sms, ErrorBody};
 use crate::app::TokenPair;
 
 /// The issuer's API, public and admin.
@@ -52,6 +52,10 @@ use crate::app::TokenPair;
         public::signup,
         public::me,
         public::update_me,
+        email::confirm,
+        email::resend,
+        email::forgot,
+        email::reset,
         public::healthz,
         public::readyz,
         public::metrics,
@@ -73,6 +77,10 @@ use crate::app::TokenPair;
         admin::revoke_api_key,
         admin::list_keys,
         admin::rotate_keys,
+        sms::sms_start,
+        sms::sms_verify,
+        sms::sms_status,
+        sms::list_messages,
     ),
     components(schemas(
         ErrorBody,
@@ -87,6 +95,11 @@ use crate::app::TokenPair;
         public::LogoutBody,
         public::SignupBody,
         public::UpdateMe,
+        email::ConfirmBody,
+        email::ForgotBody,
+        email::ResetBody,
+        email::AcceptedBody,
+        email::ConfirmedBody,
         oauth::GrantType,
         oauth::TokenForm,
         oauth::IntrospectForm,
@@ -104,11 +117,17 @@ use crate::app::TokenPair;
         admin::SigningKeyView,
         admin::SigningKeyList,
         admin::RotatedKey,
+        sms::SmsStart,
+        sms::SmsStarted,
+        sms::SmsVerify,
+        sms::SmsStatusForm,
+        sms::SmsMessageView,
+        sms::SmsMessageList,
     )),
     modifiers(&SecuritySchemes, &AdminListener),
     tags(
         (name = "auth", description = "Logins, refresh and logout; every login answers a token pair"),
-        (name = "users", description = "Sign-up and the caller's own account"),
+        (name = "users", description = "Sign-up, the caller's own account, email confirmation and password reset"),
         (name = "oauth", description = "OAuth 2.0: token endpoint (RFC 6749), introspection (RFC 7662), revocation (RFC 7009)"),
         (name = "keys", description = "JWKS and discovery, for token verifiers such as the gateway"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
@@ -239,6 +258,10 @@ mod tests {
         ("post", "/v1/users"),
         ("get", "/v1/users/me"),
         ("patch", "/v1/users/me"),
+        ("post", "/v1/users/confirm"),
+        ("post", "/v1/users/confirm/resend"),
+        ("post", "/v1/password/forgot"),
+        ("post", "/v1/password/reset"),
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/metrics"),
@@ -262,6 +285,11 @@ mod tests {
         ("delete", "/admin/api-keys/{id}"),
         ("get", "/admin/keys"),
         ("post", "/admin/keys/rotate"),
+        // sms.rs
+        ("post", "/v1/auth/sms/start"),
+        ("post", "/v1/auth/sms/verify"),
+        ("post", "/v1/webhooks/sms-status"),
+        ("get", "/admin/sms/messages"),
     ];
 
     const METHODS: [&str; 8] = [
@@ -336,6 +364,7 @@ mod tests {
         let mut in_source = routes_in_source(include_str!("public.rs"));
         in_source.extend(routes_in_source(include_str!("oauth.rs")));
         in_source.extend(routes_in_source(include_str!("admin.rs")));
+        in_source.extend(routes_in_source(include_str!("sms.rs")));
         let unlisted: Vec<_> = in_source.difference(&expected()).cloned().collect();
         let gone: Vec<_> = expected().difference(&in_source).cloned().collect();
         assert!(
@@ -500,5 +529,20 @@ mod tests {
         let mut created = listed;
         created.insert("api_key".into());
         assert_eq!(created, properties(&doc, "CreatedApiKey"));
+        // SMS messages.
+        let message = crate::store::SmsMessage {
+            id: "m".into(),
+            provider: "log".into(),
+            provider_id: None,
+            phone: "+12015550123".into(),
+            status: "sent".into(),
+            error_code: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        assert_eq!(
+            keys(&sms::message_json(&message)),
+            properties(&doc, "SmsMessageView")
+        );
     }
 }

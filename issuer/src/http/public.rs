@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 use super::{bearer, json_body, ApiError, ErrorBody};
 use crate::app::{now, App, TokenPair};
 use crate::crypto::{password, secrets};
+use crate::mail::MailKind;
 use crate::store::{NewUser, RotateOutcome, Session, User};
 
 /// The public router.
@@ -32,6 +33,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/auth/refresh", post(refresh))
         .route("/v1/auth/logout", post(logout))
         .route("/v1/users", post(signup))
+        .route("/v1/users/confirm", post(super::email::confirm))
+        .route("/v1/users/confirm/resend", post(super::email::resend))
+        .route("/v1/password/forgot", post(super::email::forgot))
+        .route("/v1/password/reset", post(super::email::reset))
         .route("/v1/users/me", get(me).patch(update_me))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -40,6 +45,7 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(super::not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
         .with_state(app.clone())
+        .merge(super::sms::public_router(app.clone()))
         .merge(super::oauth::router(app))
 }
 
@@ -234,7 +240,7 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 }
 
 /// Runs argon2 off the async runtime, at most `max_concurrent_hashes` at a time.
-async fn with_hash_slot<T: Send + 'static>(
+pub(super) async fn with_hash_slot<T: Send + 'static>(
     app: &App,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -281,6 +287,7 @@ async fn locked_out(app: &App, account_key: &str, ip_key: &str) -> Result<Option
         (status = 200, description = "Logged in", body = TokenPair),
         (status = 400, description = "Malformed body or missing credentials", body = ErrorBody),
         (status = 401, description = "Wrong login or password (`invalid_grant`)", body = ErrorBody),
+        (status = 403, description = "Right password, but the email address is unconfirmed and `email.require_confirmed_email_for_password_login` is on (`email_not_confirmed`)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
         (status = 429, description = "Too many failed attempts", body = ErrorBody,
@@ -358,6 +365,18 @@ pub async fn password_grant(
         ));
     };
     app.store.reset_limit(&account_key).await?;
+    let email_cfg = &app.cfg.email;
+    if email_cfg.enabled
+        && email_cfg.require_confirmed
+        && user.email.is_some()
+        && user.email_confirmed_at.is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "email_not_confirmed",
+            "confirm the email address first with the link mailed to it",
+        ));
+    }
     if user
         .password_hash
         .as_deref()
@@ -424,7 +443,15 @@ pub async fn api_key_grant(app: &App, key: &str) -> Result<TokenPair, ApiError> 
     let invalid =
         || ApiError::unauthorized("invalid_client", "unknown, revoked or expired API key");
     let record = valid_api_key(app, key).await?.ok_or_else(invalid)?;
-    app.store.touch_api_key(&record.id, now()).await?;
+    // last_used_at is for humans (admin listings): refreshed at most once a minute, so a
+    // client logging in in a loop does not pay one more database write per login.
+    let t = now();
+    if record
+        .last_used_at
+        .is_none_or(|used| t.saturating_sub(used) >= 60)
+    {
+        app.store.touch_api_key(&record.id, t).await?;
+    }
     // The key is bound to its subject: tokens name that subject, nothing the caller says.
     let user = match app.store.get_user(&record.subject).await {
         // A key bound to a disabled account is as dead as the account's password.
@@ -555,10 +582,12 @@ pub async fn rotate(app: &App, presented: &str) -> Result<TokenPair, ApiError> {
             return Err(invalid("the session has expired or was revoked"))
         }
     };
-    // Accounts get their current roles (an admin may have changed them); machine principals
-    // keep what their API key granted at login.
+    // A session opened with an API key keeps the roles that key granted (never more, even
+    // when the key's subject is an account with other roles); every other session gets the
+    // account's current roles, so an admin's change applies at the next refresh.
+    let by_key = session.amr.iter().any(|m| m == "key");
     let (user, roles) = match app.store.get_user(&session.user_id).await {
-        Ok(u) if u.anonymous || u.password_hash.is_some() || u.email.is_some() => {
+        Ok(u) if !by_key => {
             let roles = u.roles.clone();
             (u, roles)
         }
@@ -634,7 +663,7 @@ pub fn verify_access(app: &App, token: &str) -> Result<Value, ApiError> {
 }
 
 /// The caller's user, from an access token whose session is still active.
-async fn caller(app: &App, headers: &HeaderMap) -> Result<(User, Value), ApiError> {
+pub(super) async fn caller(app: &App, headers: &HeaderMap) -> Result<(User, Value), ApiError> {
     let token = bearer(headers).ok_or_else(|| {
         ApiError::unauthorized("invalid_token", "a bearer access token is required")
     })?;
@@ -750,7 +779,7 @@ pub(super) struct SignupBody {
     user_metadata: Option<Value>,
 }
 
-fn valid_email(e: &str) -> bool {
+pub(super) fn valid_email(e: &str) -> bool {
     let Some((local, domain)) = e.split_once('@') else {
         return false;
     };
@@ -760,7 +789,7 @@ fn valid_email(e: &str) -> bool {
         && !e.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-fn password_problem(app: &App, pw: &str) -> Result<(), ApiError> {
+pub(super) fn password_problem(app: &App, pw: &str) -> Result<(), ApiError> {
     password::check_policy(pw, app.cfg.password_min, app.cfg.password_max).map_err(|p| {
         let text = match p {
             password::PasswordProblem::TooShort { min } => {
@@ -778,6 +807,9 @@ fn password_problem(app: &App, pw: &str) -> Result<(), ApiError> {
 }
 
 /// Creates an account (when sign-up is enabled) and logs it in.
+///
+/// With the email flows enabled, a confirmation link is mailed to the address (in the
+/// background: a delivery failure does not change the answer).
 #[utoipa::path(
     post,
     path = "/v1/users",
@@ -828,10 +860,12 @@ async fn signup(
             anonymous: false,
         })
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(app.login(&user, "pwd", &[], &[]).await?),
-    ))
+    let pair = app.login(&user, "pwd", &[], &[]).await?;
+    if let (true, Some(email)) = (app.cfg.email.enabled, user.email.clone()) {
+        // Delivery problems are logged and counted; the account exists either way.
+        super::email::send_link(&app, MailKind::ConfirmEmail, user.id.clone(), email);
+    }
+    Ok((StatusCode::CREATED, Json(pair)))
 }
 
 // Schema for the OpenAPI document only: `user_json` writes the JSON (a test in `openapi.rs`
@@ -902,7 +936,8 @@ async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Valu
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UpdateMe {
-    /// New email address (clears its confirmation).
+    /// New email address (unconfirmed; with the email flows on, an existing address is
+    /// replaced only once the link mailed to the new one is used).
     email: Option<String>,
     /// New password, checked against the policy.
     password: Option<String>,
@@ -914,6 +949,11 @@ pub(super) struct UpdateMe {
 }
 
 /// Updates the caller's email, password or user metadata.
+///
+/// With the email flows enabled, a new address replaces an existing one only once confirmed:
+/// a link is mailed to the new address and the answer still shows the old one until
+/// `POST /v1/users/confirm` is called with its token. A first address is set at once,
+/// unconfirmed, and a confirmation link is mailed to it.
 ///
 /// An anonymous user that gains an email and a password becomes a regular account with the
 /// same id.
@@ -941,13 +981,29 @@ async fn update_me(
 ) -> Result<Json<Value>, ApiError> {
     let (mut user, _) = caller(&app, &headers).await?;
     let b: UpdateMe = json_body(&headers, &body)?;
+    let mut pending_link = None;
     if let Some(email) = b.email {
         let email = email.trim().to_lowercase();
         if !valid_email(&email) {
             return Err(ApiError::bad_request("`email` is not a valid address"));
         }
-        user.email = Some(email);
-        user.email_confirmed_at = None;
+        if !app.cfg.email.enabled {
+            user.email = Some(email);
+            user.email_confirmed_at = None;
+        } else if user.email.as_deref() == Some(email.as_str()) {
+            // Unchanged: keeps its confirmation.
+        } else if user.email.is_some() {
+            // Re-confirmation: the new address replaces the old one only when the link
+            // mailed to it is used (POST /v1/users/confirm).
+            if app.store.find_user_by_email(&email).await?.is_some() {
+                return Err(crate::store::StoreError::Conflict("email".into()).into());
+            }
+            pending_link = Some((MailKind::ChangeEmail, email));
+        } else {
+            user.email = Some(email.clone());
+            user.email_confirmed_at = None;
+            pending_link = Some((MailKind::ConfirmEmail, email));
+        }
     }
     if let Some(pw) = b.password {
         password_problem(&app, &pw)?;
@@ -978,6 +1034,9 @@ async fn update_me(
         user.anonymous = false;
     }
     app.store.update_user(&user).await?;
+    if let Some((kind, email)) = pending_link {
+        super::email::send_link(&app, kind, user.id.clone(), email);
+    }
     let user = app.store.get_user(&user.id).await?;
     Ok(Json(user_json(&user)))
 }

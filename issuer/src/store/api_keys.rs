@@ -93,7 +93,7 @@ impl Store {
         .bind(key.revoked_at)
         .bind(key.last_used_at)
         .bind(key.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -140,7 +140,7 @@ impl Store {
         sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
             .bind(id)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(StoreError::from)
             .and_then(|r| match r.rows_affected() {
@@ -154,7 +154,7 @@ impl Store {
         sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
             .bind(id)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(StoreError::from)
             .and_then(|r| match r.rows_affected() {

@@ -14,12 +14,30 @@
 //! rotation) run in one transaction. On SQLite that transaction is `BEGIN IMMEDIATE`, so it
 //! holds the write lock from its first statement: a deferred transaction that upgrades from
 //! read to write fails with `SQLITE_BUSY` instead of waiting for the busy timeout.
+//!
+//! Writes on a SQLite file go through a pool of one connection (the *writer*): SQLite admits
+//! one writer at a time anyway, and writers queueing in-process on the pool wait in order
+//! instead of retrying the file lock with the busy handler's sleeps (1 ms, 2 ms, 5 ms, …),
+//! which cost more throughput and latency than the writes themselves. The busy timeout still
+//! arbitrates between processes sharing the file. Sessions and refresh rotations on a SQLite
+//! file are also grouped into shared transactions (`group_commit`): one fsync per group.
+//!
+//! Cancellation: a request future can be dropped at any `.await` (client gone). No such drop
+//! may leave a pooled connection inside a transaction, or every later write waits for a lock
+//! nobody will release. sqlx rolls back a `Transaction` that is dropped, but its begin is not
+//! cancel-safe (sqlx-sqlite 0.8 leaves `BEGIN IMMEDIATE` open if dropped while checking the
+//! result; sqlx-postgres leaves a `BEGIN` it sent unaccounted), so [`Store::begin_write`]
+//! begins in a spawned task that always finishes, and both pools refuse a connection that comes
+//! back, or would be handed out, inside a transaction (see [`release_check`]).
 
 mod api_keys;
 mod error;
+mod group_commit;
 mod keys;
 mod limits;
+mod links;
 mod sessions;
+mod sms;
 mod users;
 
 #[cfg(test)]
@@ -31,14 +49,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{Any, AnyPoolOptions};
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnectionMetadata;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{AnyPool, Executor, Transaction};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Transaction};
 
 pub use api_keys::ApiKey;
 pub use error::StoreError;
 pub use keys::{KeyFuture, KeyTx, SigningKey, KEY_STATES};
+pub use links::{EmailLink, LinkRefusal};
 pub use sessions::{RefreshToken, RotateOutcome, Session, REASON_REFRESH_REUSE};
+pub use sms::SmsMessage;
 pub use users::{NewUser, User};
+
+/// What the pool hooks return (the driver's boxed-future type, spelled without futures-core).
+type HookFuture<'c> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, sqlx::Error>> + Send + 'c>>;
 
 /// The embedded migrations of `issuer/migrations/`, shared by both backends.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -46,8 +71,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// How long a SQLite connection waits for another writer before giving up.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
 
-/// Connections of a file-based SQLite pool: readers run in parallel under WAL, writers queue
-/// on the busy timeout, so a handful is plenty.
+/// Connections of a file-based SQLite pool for reads (and the few writes not routed through
+/// the writer): readers run in parallel under WAL, so a handful is plenty.
 const SQLITE_MAX_CONNECTIONS: u32 = 8;
 
 /// Connections per issuer process to PostgreSQL.
@@ -62,10 +87,46 @@ pub enum Backend {
     Postgres,
 }
 
-/// Handle on the issuer's database. Cheap to clone: clones share one connection pool.
+/// How a SQLite database makes commits durable (`PRAGMA synchronous`; the file runs in WAL
+/// mode). Ignored for PostgreSQL, whose own settings (`synchronous_commit`) govern.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SqliteSync {
+    /// `FULL`: the WAL is fsynced at every commit, so a committed write (a logout, a
+    /// revocation, a rotated refresh token) survives a power cut or an OS crash.
+    #[default]
+    Full,
+    /// `NORMAL`: fsync only at checkpoints. Commits survive a crash of the issuer process;
+    /// a power cut or OS crash can lose the last commits (never corrupts the database).
+    Normal,
+}
+
+impl SqliteSync {
+    /// The value of `PRAGMA synchronous`.
+    fn pragma(self) -> &'static str {
+        match self {
+            SqliteSync::Full => "FULL",
+            SqliteSync::Normal => "NORMAL",
+        }
+    }
+}
+
+/// Tuning of [`Store::connect_with`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreOptions {
+    /// Durability of SQLite commits.
+    pub sqlite_sync: SqliteSync,
+}
+
+/// Handle on the issuer's database. Cheap to clone: clones share the connection pools.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Reads; also the writes of `users`, `limits` and `keys` outside [`Store::begin_write`]
+    /// (on SQLite they meet the writer at the file lock, under the busy timeout).
     pool: AnyPool,
+    /// Writes: one connection on a SQLite file (see module docs); `pool` itself otherwise.
+    writer: AnyPool,
+    /// The group-commit queue of a SQLite file (see `group_commit`); `None` otherwise.
+    group: Option<tokio::sync::mpsc::Sender<group_commit::Job>>,
     backend: Backend,
 }
 
@@ -159,6 +220,11 @@ impl Store {
     /// new connection would be a new, empty database), so it is only for tests: a
     /// transaction held open there (see [`Store::lock_signing_keys`]) blocks every other call.
     pub async fn connect(database_url: &str) -> Result<Store, StoreError> {
+        Store::connect_with(database_url, StoreOptions::default()).await
+    }
+
+    /// [`Store::connect`] with explicit [`StoreOptions`].
+    pub async fn connect_with(database_url: &str, opts: StoreOptions) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let target = Target::parse(database_url)?;
         if let Some(parent) = target.sqlite_file.as_deref().and_then(Path::parent) {
@@ -167,40 +233,74 @@ impl Store {
                     .map_err(|e| StoreError::Io(format!("{}: {e}", parent.display())))?;
             }
         }
-        let options = match (target.backend, &target.sqlite_file) {
-            (Backend::Postgres, _) => {
-                AnyPoolOptions::new().max_connections(POSTGRES_MAX_CONNECTIONS)
-            }
-            (Backend::Sqlite, Some(_)) => AnyPoolOptions::new()
-                .max_connections(SQLITE_MAX_CONNECTIONS)
-                .after_connect(|conn, _| {
+        let sync = opts.sqlite_sync.pragma();
+        let sqlite_file = |max: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .after_connect(move |conn, _| {
                     Box::pin(async move {
-                        // Explicit rather than relying on the driver's default: writers
-                        // queue for this long instead of failing with "database is locked".
-                        // `synchronous` stays FULL: a revocation must survive a power cut.
+                        // Explicit rather than relying on the driver's default: writers of
+                        // other processes queue for this long instead of failing with
+                        // "database is locked".
                         conn.execute(
                             format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str(),
                         )
                         .await?;
+                        // Per connection, not stored in the file: see SqliteSync.
+                        conn.execute(format!("PRAGMA synchronous = {sync}").as_str())
+                            .await?;
                         Ok(())
                     })
-                }),
-            (Backend::Sqlite, None) => AnyPoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                // Closing the only connection would drop the whole database.
-                .idle_timeout(None)
-                .max_lifetime(None),
+                })
+                .after_release(release_check)
+                .before_acquire(acquire_check)
         };
-        let pool = options.connect(&target.url).await?;
-        let store = Store {
+        let (pool, writer) = match (target.backend, &target.sqlite_file) {
+            (Backend::Postgres, _) => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(POSTGRES_MAX_CONNECTIONS)
+                    .after_release(release_check)
+                    .before_acquire(acquire_check)
+                    .connect(&target.url)
+                    .await?;
+                (pool.clone(), pool)
+            }
+            (Backend::Sqlite, Some(_)) => {
+                let pool = sqlite_file(SQLITE_MAX_CONNECTIONS)
+                    .connect(&target.url)
+                    .await?;
+                // Waiting for the writer replaces waiting on the busy timeout: same bound.
+                let writer = sqlite_file(1)
+                    .acquire_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS.into()))
+                    .connect(&target.url)
+                    .await?;
+                (pool, writer)
+            }
+            (Backend::Sqlite, None) => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    // Closing the only connection would drop the whole database.
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect(&target.url)
+                    .await?;
+                (pool.clone(), pool)
+            }
+        };
+        let mut store = Store {
             pool,
+            writer,
+            group: None,
             backend: target.backend,
         };
         if target.sqlite_file.is_some() {
             store.enable_wal().await?;
         }
         store.migrate().await?;
+        if target.sqlite_file.is_some() {
+            store.group = Some(group_commit::start(store.clone()));
+        }
         Ok(store)
     }
 
@@ -241,13 +341,58 @@ impl Store {
     }
 
     /// Begins a transaction that will write: `BEGIN IMMEDIATE` on SQLite (see module docs).
+    ///
+    /// The begin runs in its own task, awaited here: if the caller is dropped meanwhile, the
+    /// task still finishes and drops the `Transaction` it made, which rolls back. Awaited
+    /// in place, a drop between the driver sending `BEGIN` and building the `Transaction`
+    /// returns the connection to the pool inside a transaction (holding SQLite's write lock).
     async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        };
-        Ok(tx)
+        let writer = self.writer.clone();
+        let backend = self.backend;
+        let begin = tokio::spawn(async move {
+            match backend {
+                Backend::Sqlite => writer.begin_with("BEGIN IMMEDIATE").await,
+                Backend::Postgres => writer.begin().await,
+            }
+        });
+        match begin.await {
+            Ok(tx) => Ok(tx?),
+            Err(e) => Err(StoreError::Db(format!("begin: {e}"))),
+        }
     }
+}
+
+/// `after_release` hook of the pools: a connection coming back inside a transaction is closed
+/// (which rolls the transaction back) rather than reused. Closing is the only sound repair:
+/// a `ROLLBACK` sent behind the driver's back would leave its transaction depth wrong.
+///
+/// The depth check is an atomic read; only when it reports a transaction (usually a dropped
+/// `Transaction` whose rollback is queued) does a ping let the driver catch up first.
+fn release_check(conn: &mut AnyConnection, _meta: PoolConnectionMetadata) -> HookFuture<'_> {
+    Box::pin(async move {
+        if !conn.is_in_transaction() {
+            return Ok(true);
+        }
+        conn.ping().await?;
+        if conn.is_in_transaction() {
+            tracing::warn!("closing a database connection returned inside a transaction");
+            return Ok(false);
+        }
+        Ok(true)
+    })
+}
+
+/// `before_acquire` hook: the same check when a connection leaves the idle queue, catching a
+/// transaction whose begin was still queued in the driver when [`release_check`] ran (the
+/// pool's release ping has flushed it since).
+fn acquire_check(conn: &mut AnyConnection, _meta: PoolConnectionMetadata) -> HookFuture<'_> {
+    Box::pin(async move {
+        if conn.is_in_transaction() {
+            tracing::warn!("discarding an idle database connection left inside a transaction");
+            return Ok(false);
+        }
+        Ok(true)
+    })
 }
 
 /// Current unix time in seconds, for the timestamps the store sets itself.

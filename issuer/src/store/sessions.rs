@@ -8,6 +8,9 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
+use tokio::sync::oneshot;
+
+use super::group_commit::{self, Job};
 use super::{decode_list, encode_list, Store, StoreError};
 
 /// Revocation reason recorded when a rotated refresh token is presented again.
@@ -80,6 +83,13 @@ pub enum RotateOutcome {
 const SESSION_COLUMNS: &str =
     "id, user_id, amr, created_at, last_used_at, expires_at, revoked_at, revoked_reason, scopes, roles";
 
+/// [`SESSION_COLUMNS`] of a query where `sessions` is aliased `s`.
+const SESSION_COLUMNS_OF_S: &str = "s.id, s.user_id, s.amr, s.created_at, s.last_used_at, \
+     s.expires_at, s.revoked_at, s.revoked_reason, s.scopes, s.roles";
+
+/// How many columns [`session_from_row`] reads; the index of the first column after them.
+const SESSION_COLUMN_COUNT: usize = 10;
+
 fn session_from_row(row: &AnyRow) -> Result<Session, StoreError> {
     Ok(Session {
         id: row.try_get(0)?,
@@ -115,48 +125,141 @@ async fn issue_successor(
         .bind(now)
         .execute(&mut **tx)
         .await?;
-    // Never move last_used_at backwards when replicas' clocks disagree slightly.
-    sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1 AND last_used_at < $2")
+    // The session row was read in this transaction: skip a statement that would change
+    // nothing (several refreshes in one second). The WHERE clause never moves last_used_at
+    // backwards when replicas' clocks disagree slightly.
+    if session.last_used_at < now {
+        sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1 AND last_used_at < $2")
+            .bind(&session.id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        session.last_used_at = now;
+    }
+    Ok(())
+}
+
+/// Inserts a session and its first refresh token inside `tx`.
+pub(super) async fn create_session_in(
+    tx: &mut Transaction<'static, Any>,
+    session: &Session,
+    first_refresh_hash: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    ))
+    .bind(&session.id)
+    .bind(&session.user_id)
+    .bind(encode_list(&session.amr)?)
+    .bind(session.created_at)
+    .bind(session.last_used_at)
+    .bind(session.expires_at)
+    .bind(session.revoked_at)
+    .bind(session.revoked_reason.as_deref())
+    .bind(encode_list(&session.scopes)?)
+    .bind(encode_list(&session.roles)?)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES ($1, $2, $3)")
+        .bind(first_refresh_hash)
         .bind(&session.id)
-        .bind(now)
+        .bind(session.created_at)
         .execute(&mut **tx)
         .await?;
-    session.last_used_at = session.last_used_at.max(now);
     Ok(())
+}
+
+/// [`Store::rotate_refresh`] inside a transaction that already holds SQLite's write lock
+/// (`BEGIN IMMEDIATE`): nothing can change between reading and writing, so it reads first
+/// and writes only what the outcome needs. It never writes before deciding, so an outcome
+/// that changes nothing leaves the (possibly shared) transaction untouched.
+pub(super) async fn rotate_refresh_locked(
+    tx: &mut Transaction<'static, Any>,
+    old_hash: &str,
+    new_hash: &str,
+    now: i64,
+    grace: i64,
+    idle: i64,
+) -> Result<RotateOutcome, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {SESSION_COLUMNS_OF_S}, r.rotated_at FROM refresh_tokens r \
+         JOIN sessions s ON s.id = r.session_id WHERE r.hash = $1"
+    ))
+    .bind(old_hash)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(RotateOutcome::Unknown);
+    };
+    let mut session = session_from_row(&row)?;
+    let rotated_at: Option<i64> = row.try_get(SESSION_COLUMN_COUNT)?;
+    if !is_active(&session, now, idle) {
+        return Ok(RotateOutcome::SessionInactive);
+    }
+    match rotated_at {
+        None => {
+            let won = sqlx::query(
+                "UPDATE refresh_tokens SET rotated_at = $2 WHERE hash = $1 AND rotated_at IS NULL",
+            )
+            .bind(old_hash)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !won {
+                // Impossible under the write lock; refuse rather than hand out a second pair.
+                return Err(StoreError::Db(
+                    "refresh token changed under the write lock".into(),
+                ));
+            }
+            issue_successor(tx, &mut session, new_hash, now).await?;
+            Ok(RotateOutcome::Rotated { session })
+        }
+        Some(rotated_at) if grace > 0 && now.saturating_sub(rotated_at) <= grace => {
+            issue_successor(tx, &mut session, new_hash, now).await?;
+            Ok(RotateOutcome::WithinGrace { session })
+        }
+        Some(_) => {
+            sqlx::query(
+                "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+                 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .bind(&session.id)
+            .bind(now)
+            .bind(REASON_REFRESH_REUSE)
+            .execute(&mut **tx)
+            .await?;
+            Ok(RotateOutcome::Reused {
+                session_id: session.id,
+            })
+        }
+    }
 }
 
 impl Store {
     /// Stores a new session and its first refresh token (hash) atomically. Fails with
     /// `Conflict("session")` or `Conflict("refresh_token")` on a clash.
+    ///
+    /// On a SQLite file the write joins the next group commit (see `group_commit`).
     pub async fn create_session(
         &self,
         session: &Session,
         first_refresh_hash: &str,
     ) -> Result<(), StoreError> {
+        if self.group.is_some() {
+            let (reply, answer) = oneshot::channel();
+            let job = Job::CreateSession {
+                session: session.clone(),
+                hash: first_refresh_hash.to_owned(),
+                reply,
+            };
+            if self.enqueue(job).await.is_ok() {
+                return group_commit::answer(answer).await;
+            }
+        }
         let mut tx = self.begin_write().await?;
-        sqlx::query(&format!(
-            "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        ))
-        .bind(&session.id)
-        .bind(&session.user_id)
-        .bind(encode_list(&session.amr)?)
-        .bind(session.created_at)
-        .bind(session.last_used_at)
-        .bind(session.expires_at)
-        .bind(session.revoked_at)
-        .bind(session.revoked_reason.as_deref())
-        .bind(encode_list(&session.scopes)?)
-        .bind(encode_list(&session.roles)?)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES ($1, $2, $3)",
-        )
-        .bind(first_refresh_hash)
-        .bind(&session.id)
-        .bind(session.created_at)
-        .execute(&mut *tx)
-        .await?;
+        create_session_in(&mut tx, session, first_refresh_hash).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -198,7 +301,7 @@ impl Store {
         .bind(id)
         .bind(now)
         .bind(reason)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if result.rows_affected() == 0 {
             // Either already revoked (fine) or absent (report it).
@@ -221,7 +324,7 @@ impl Store {
         .bind(user_id)
         .bind(now)
         .bind(reason)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(result.rows_affected())
     }
@@ -249,6 +352,20 @@ impl Store {
         grace: i64,
         idle: i64,
     ) -> Result<RotateOutcome, StoreError> {
+        if self.group.is_some() {
+            let (reply, answer) = oneshot::channel();
+            let job = Job::Rotate {
+                old_hash: old_hash.to_owned(),
+                new_hash: new_hash.to_owned(),
+                now,
+                grace,
+                idle,
+                reply,
+            };
+            if self.enqueue(job).await.is_ok() {
+                return group_commit::answer(answer).await;
+            }
+        }
         let mut tx = self.begin_write().await?;
         // Write first: on PostgreSQL concurrent callers queue on this row's lock and the
         // losers then see the winner's committed rotated_at (READ COMMITTED re-checks the
@@ -262,31 +379,21 @@ impl Store {
         .await?
         .rows_affected()
             == 1;
-        let token =
-            sqlx::query("SELECT session_id, rotated_at FROM refresh_tokens WHERE hash = $1")
-                .bind(old_hash)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(token) = token else {
-            tx.rollback().await?;
-            return Ok(RotateOutcome::Unknown);
-        };
-        let session_id: String = token.try_get(0)?;
-        let rotated_at: Option<i64> = token.try_get(1)?;
-        let session = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+        // Token and session in one statement: every round trip here is spent holding the
+        // write lock. A token whose session is gone (deleted user) is as good as unknown.
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS_OF_S}, r.rotated_at FROM refresh_tokens r \
+             JOIN sessions s ON s.id = r.session_id WHERE r.hash = $1"
         ))
-        .bind(&session_id)
+        .bind(old_hash)
         .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(session_from_row)
-        .transpose()?;
-        let Some(mut session) = session else {
-            // A token whose session is gone (deleted user): as good as unknown.
+        .await?;
+        let Some(row) = row else {
             tx.rollback().await?;
             return Ok(RotateOutcome::Unknown);
         };
+        let mut session = session_from_row(&row)?;
+        let rotated_at: Option<i64> = row.try_get(SESSION_COLUMN_COUNT)?;
         if !is_active(&session, now, idle) {
             tx.rollback().await?;
             return Ok(RotateOutcome::SessionInactive);
@@ -325,11 +432,10 @@ impl Store {
     /// The session a refresh token (hash) belongs to, whether the token is current or
     /// rotated and whatever the session's state; for logout, revocation and introspection.
     pub async fn find_session_by_refresh(&self, hash: &str) -> Result<Option<Session>, StoreError> {
-        sqlx::query(
-            "SELECT s.id, s.user_id, s.amr, s.created_at, s.last_used_at, s.expires_at, \
-             s.revoked_at, s.revoked_reason, s.scopes, s.roles \
-             FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.hash = $1",
-        )
+        sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS_OF_S} \
+             FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.hash = $1"
+        ))
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?

@@ -2,6 +2,8 @@
 //! real multi-connection pool with WAL), and a throwaway PostgreSQL (skipped, with a note,
 //! when PostgreSQL is not installed).
 
+mod cancel;
+mod group;
 mod pg;
 
 use std::collections::HashSet;
@@ -1175,6 +1177,31 @@ async fn store_sqlite_file_created_with_wal_and_survives_reconnect() {
         .await
         .expect("rotate");
     assert!(matches!(out, RotateOutcome::Rotated { .. }), "{out:?}");
+}
+
+#[tokio::test]
+async fn store_sqlite_synchronous_follows_the_option() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/issuer.db", dir.path().display());
+    // PRAGMA synchronous reads 2 for FULL, 1 for NORMAL, on every connection of both pools.
+    for (opts, expected) in [
+        (StoreOptions::default(), 2),
+        (
+            StoreOptions {
+                sqlite_sync: SqliteSync::Normal,
+            },
+            1,
+        ),
+    ] {
+        let store = Store::connect_with(&url, opts).await.expect("connect");
+        for pool in [&store.pool, &store.writer] {
+            let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(pool)
+                .await
+                .expect("synchronous");
+            assert_eq!(level, expected, "{opts:?}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,449 @@
+//! SMS one-time-code login (`/v1/auth/sms/start`, `/v1/auth/sms/verify`), Twilio's delivery
+//! reports (`/v1/webhooks/sms-status`) and the admin listing of sent messages
+//! (`/admin/sms/messages`). The logic lives in [`crate::sms::SmsLogin`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+
+use super::public::client_ip;
+use super::{json_body, ApiError, ErrorBody};
+use crate::app::{now, App, TokenPair};
+use crate::sms::{bounded_status, phone, signature, SmsLogin, StartError, VerifyError};
+use crate::store::SmsMessage;
+
+/// The public SMS routes (state applied).
+pub fn public_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/auth/sms/start", post(sms_start))
+        .route("/v1/auth/sms/verify", post(sms_verify))
+        .route("/v1/webhooks/sms-status", post(sms_status))
+        .with_state(app)
+}
+
+/// The admin SMS routes, merged into the admin router (behind its token check).
+pub fn admin_routes() -> Router<Arc<App>> {
+    Router::new().route("/admin/sms/messages", get(list_messages))
+}
+
+fn enabled(app: &App) -> Result<&SmsLogin, ApiError> {
+    app.sms.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "disabled",
+            "SMS login is not enabled on this issuer",
+        )
+    })
+}
+
+/// A request for a code.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SmsStart {
+    /// The phone number, international (`+1 201 555 0123`) or national with `region`.
+    #[schema(example = "+12015550123")]
+    phone: String,
+    /// ISO 3166 alpha-2 region to read a national number in (default: `sms.default_region`).
+    #[schema(example = "US")]
+    region: Option<String>,
+}
+
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+/// The answer of `/v1/auth/sms/start`: the same for every accepted number.
+#[derive(ToSchema)]
+pub struct SmsStarted {
+    /// Always `sent`.
+    #[schema(example = "sent")]
+    pub status: String,
+    /// Seconds the code stays valid.
+    pub expires_in: u64,
+}
+
+/// Sends a one-time code by SMS.
+///
+/// The answer is the same whether or not the number has an account. A new code cancels the
+/// previous one. Limits: a minimum interval per number, hourly budgets per number, per client
+/// IP and in total (429 with `Retry-After`); numbers outside `sms.allowed_countries` are
+/// refused.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/sms/start",
+    tag = "auth",
+    request_body(content = SmsStart, content_type = "application/json"),
+    responses(
+        (status = 202, description = "A code is on its way", body = SmsStarted),
+        (status = 400, description = "Malformed body or not a valid phone number (`invalid_request`)", body = ErrorBody),
+        (status = 403, description = "The number's country is not allowed (`forbidden`), or SMS login is off (`disabled`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 429, description = "A send limit is exhausted", body = ErrorBody,
+         headers(("Retry-After" = i64, description = "Seconds until a send is allowed again"))),
+        (status = 503, description = "The SMS provider or the database is unavailable (`unavailable`); nothing was sent", body = ErrorBody),
+    )
+)]
+async fn sms_start(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let sms = enabled(&app)?;
+    let b: SmsStart = json_body(&headers, &body)?;
+    let ip = client_ip(peer, &headers);
+    match sms.start(&app, &b.phone, b.region.as_deref(), &ip).await {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"status": "sent", "expires_in": sms.cfg.code_ttl.as_secs()})),
+        )),
+        Err(StartError::Phone(e)) => Err(ApiError::bad_request(e.to_string())),
+        Err(StartError::Country(c)) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("SMS codes are not sent to numbers of this country ({c})"),
+        )),
+        Err(StartError::Limited { retry_after, which }) => {
+            let mut e = ApiError::too_many(retry_after);
+            e.description = match which {
+                "min_interval" => {
+                    "a code was sent to this number moments ago; wait before asking for another"
+                        .into()
+                }
+                _ => "too many codes requested; try again later".into(),
+            };
+            Err(e)
+        }
+        Err(StartError::Provider) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "SMS provider unavailable; no code was sent, try again later",
+        )),
+        Err(StartError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// A code to check.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SmsVerify {
+    /// The phone number the code was sent to (any spelling of it).
+    #[schema(example = "+12015550123")]
+    phone: String,
+    /// The code from the SMS.
+    #[schema(example = "123456")]
+    code: String,
+    /// ISO 3166 alpha-2 region to read a national number in.
+    region: Option<String>,
+}
+
+/// Checks an SMS code and logs in (`amr: ["sms"]`).
+///
+/// The first verification of a number creates its account when `sms.signup` is on. A code is
+/// single-use and dies after `sms.max_attempts` wrong attempts or `sms.code_ttl`.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/sms/verify",
+    tag = "auth",
+    request_body(content = SmsVerify, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Logged in", body = TokenPair),
+        (status = 400, description = "Malformed body or invalid number (`invalid_request`); wrong, expired, used or exhausted code (`invalid_grant`)", body = ErrorBody),
+        (status = 403, description = "No account for this number and sign-up by SMS is off, the account is disabled, or SMS login is off (`disabled`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 429, description = "Too many verifications from this client", body = ErrorBody,
+         headers(("Retry-After" = i64, description = "Seconds until the budget resets"))),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+async fn sms_verify(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<TokenPair>, ApiError> {
+    let sms = enabled(&app)?;
+    let b: SmsVerify = json_body(&headers, &body)?;
+    let ip = client_ip(peer, &headers);
+    let outcome = sms
+        .verify(&app, &b.phone, b.region.as_deref(), &b.code, &ip)
+        .await;
+    let label = match &outcome {
+        Ok(_) => "ok",
+        Err(VerifyError::BadCode) => "bad_code",
+        Err(VerifyError::Limited(_)) => "limited",
+        Err(VerifyError::SignupDisabled) => "signup_disabled",
+        Err(VerifyError::Disabled) => "account_disabled",
+        Err(VerifyError::Phone(_)) => "invalid_phone",
+        Err(VerifyError::Store(_)) => "error",
+    };
+    app.metrics
+        .sms_verifications
+        .with_label_values(&[label])
+        .inc();
+    app.metrics
+        .logins
+        .with_label_values(&["sms", if outcome.is_ok() { "ok" } else { "denied" }])
+        .inc();
+    let user = match outcome {
+        Ok(u) => u,
+        Err(VerifyError::Phone(e)) => return Err(ApiError::bad_request(e.to_string())),
+        Err(VerifyError::BadCode) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "the code is wrong, expired or already used; request a new one",
+            ))
+        }
+        Err(VerifyError::Limited(retry)) => return Err(ApiError::too_many(retry)),
+        Err(VerifyError::SignupDisabled) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "disabled",
+                "no account uses this phone number and sign-up by SMS is disabled",
+            ))
+        }
+        Err(VerifyError::Disabled) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "disabled",
+                "the account is disabled",
+            ))
+        }
+        Err(VerifyError::Store(e)) => return Err(e.into()),
+    };
+    let roles = user.roles.clone();
+    Ok(Json(app.login(&user, "sms", &[], &roles).await?))
+}
+
+// Schema for the OpenAPI document only: the handler reads every pair (the signature covers
+// them all).
+/// Twilio's status callback (form-encoded; only the fields used are listed).
+#[derive(ToSchema)]
+pub struct SmsStatusForm {
+    /// The message SID Twilio answered when the message was created.
+    #[schema(rename = "MessageSid")]
+    pub message_sid: String,
+    /// `queued`, `sent`, `delivered`, `undelivered`, `failed`…
+    #[schema(rename = "MessageStatus")]
+    pub message_status: String,
+    /// Twilio's error code for failed deliveries.
+    #[schema(rename = "ErrorCode")]
+    pub error_code: Option<String>,
+}
+
+/// Statuses counted under their own metric label; anything else counts as `other`.
+const KNOWN_STATUSES: [&str; 9] = [
+    "accepted",
+    "scheduled",
+    "queued",
+    "sending",
+    "sent",
+    "delivered",
+    "undelivered",
+    "failed",
+    "canceled",
+];
+
+/// Twilio's delivery report for a message sent by this issuer.
+///
+/// Authenticated by `X-Twilio-Signature` (HMAC-SHA1 with the auth token over the configured
+/// `sms.twilio.status_callback` URL and the sorted form parameters); anything else is refused
+/// with 403 and stored nowhere.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/sms-status",
+    tag = "auth",
+    request_body(content = SmsStatusForm, content_type = "application/x-www-form-urlencoded"),
+    params(("X-Twilio-Signature" = String, Header, description = "Twilio's request signature")),
+    responses(
+        (status = 204, description = "Recorded (or about a message this issuer does not know)"),
+        (status = 400, description = "Malformed form or missing `MessageSid` / `MessageStatus`", body = ErrorBody),
+        (status = 403, description = "Missing or invalid signature, or delivery reports not configured (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "The provider is not Twilio (`not_found`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Body not `application/x-www-form-urlencoded`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+async fn sms_status(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let twilio = app.sms.as_ref().and_then(SmsLogin::twilio).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "delivery reports are only taken from the Twilio provider",
+        )
+    })?;
+    let forbidden = |why: &str| ApiError::new(StatusCode::FORBIDDEN, "forbidden", why.to_string());
+    let Some(url) = twilio.status_callback() else {
+        return Err(forbidden(
+            "delivery reports are not configured (sms.twilio.status_callback)",
+        ));
+    };
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "send an application/x-www-form-urlencoded body",
+        ));
+    }
+    let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed form body: {e}")))?;
+    let Some(sig) = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(forbidden("missing X-Twilio-Signature"));
+    };
+    if !signature::verify_twilio(twilio.auth_token(), url, &params, sig) {
+        tracing::warn!("SMS status callback with an invalid signature refused");
+        return Err(forbidden("invalid X-Twilio-Signature"));
+    }
+    let field = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let sid = field("MessageSid")
+        .or_else(|| field("SmsSid"))
+        .filter(|s| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric()))
+        .ok_or_else(|| ApiError::bad_request("missing or malformed `MessageSid`"))?;
+    let status = field("MessageStatus")
+        .or_else(|| field("SmsStatus"))
+        .map(bounded_status)
+        .ok_or_else(|| ApiError::bad_request("missing `MessageStatus`"))?;
+    let error_code = field("ErrorCode")
+        .map(|c| {
+            c.chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(16)
+                .collect::<String>()
+        })
+        .filter(|c| !c.is_empty());
+    let known = app
+        .store
+        .sms_update_status(sid, &status, error_code.as_deref(), now())
+        .await?;
+    if !known {
+        tracing::info!(sid, "delivery report for an unknown message ignored");
+    }
+    let label = if KNOWN_STATUSES.contains(&status.as_str()) {
+        status.as_str()
+    } else {
+        "other"
+    };
+    app.metrics.sms_delivery.with_label_values(&[label]).inc();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct MessageQuery {
+    /// Only messages to this number (any spelling; national numbers need `sms.default_region`).
+    phone: Option<String>,
+    /// At most this many, newest first, 1-1000 (default 100).
+    limit: Option<i64>,
+}
+
+// Schema for the OpenAPI document only; `message_json` writes the JSON (a test in
+// `openapi.rs` keeps the two in step).
+/// An SMS the issuer sent, with its latest delivery status.
+#[derive(ToSchema)]
+pub struct SmsMessageView {
+    /// Id.
+    pub id: String,
+    /// `twilio`, `webhook` or `log`.
+    pub provider: String,
+    /// The provider's id (Twilio's message SID).
+    #[schema(required = true)]
+    pub provider_id: Option<String>,
+    /// Recipient, E.164.
+    pub phone: String,
+    /// Latest status: `queued`, `sent`, `delivered`, `undelivered`, `failed`…
+    pub status: String,
+    /// The provider's error code, for failed deliveries.
+    #[schema(required = true)]
+    pub error_code: Option<String>,
+    /// When it was sent (seconds since the epoch).
+    pub created_at: i64,
+    /// When its status last changed.
+    pub updated_at: i64,
+}
+
+// Schema for the OpenAPI document only; the handler writes the JSON itself.
+/// `GET /admin/sms/messages`.
+#[derive(ToSchema)]
+pub struct SmsMessageList {
+    /// Messages, newest first.
+    pub messages: Vec<SmsMessageView>,
+}
+
+/// The admin view of a sent message (never the code: it is not stored).
+pub fn message_json(m: &SmsMessage) -> Value {
+    json!({
+        "id": m.id, "provider": m.provider, "provider_id": m.provider_id, "phone": m.phone,
+        "status": m.status, "error_code": m.error_code, "created_at": m.created_at,
+        "updated_at": m.updated_at,
+    })
+}
+
+/// Lists sent SMS with their delivery status.
+#[utoipa::path(
+    get,
+    path = "/admin/sms/messages",
+    tag = "admin",
+    params(MessageQuery),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Messages, newest first", body = SmsMessageList),
+        (status = 400, description = "Bad query string or invalid phone number", body = ErrorBody),
+        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
+        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+async fn list_messages(
+    State(app): State<Arc<App>>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q: MessageQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    let phone = match q.phone.as_deref() {
+        None => None,
+        Some(p) => {
+            let parsed = match app.sms.as_ref() {
+                Some(sms) => sms.parse_phone(p, None),
+                None => phone::parse(p, None),
+            };
+            Some(
+                parsed
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?
+                    .e164,
+            )
+        }
+    };
+    let list = app
+        .store
+        .sms_list_messages(phone.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000))
+        .await?;
+    Ok(Json(
+        json!({"messages": list.iter().map(message_json).collect::<Vec<_>>()}),
+    ))
+}
