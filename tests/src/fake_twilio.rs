@@ -122,16 +122,10 @@ impl FakeTwilio {
         }));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let st = state.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-twilio-{}", addr.port()))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("fake Twilio runtime");
-                rt.block_on(server::run(listener, st, stop_rx));
-            })
-            .expect("spawn fake Twilio");
+        let thread =
+            crate::spawn_server_thread(format!("fake-twilio-{}", addr.port()), move || {
+                server::run(listener, st, stop_rx)
+            });
         FakeTwilio {
             addr,
             state,

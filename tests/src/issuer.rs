@@ -945,3 +945,21 @@ pub fn check_issuer_config(file: &Path) -> (i32, String) {
     );
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// Runs each scenario `$name(Backend)` twice, as the tests `$name::sqlite` and
+/// `$name::postgres` (the PostgreSQL one returns early where no server can be started).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name($crate::issuer::Backend::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$name($crate::issuer::Backend::Postgres)
+            }
+        }
+    )*};
+}

@@ -857,17 +857,10 @@ impl JwksServer {
         }));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let thread_state = state.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("jwks-server-{}", addr.port()))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("JWKS server runtime");
-                rt.block_on(server::run(listener, addr, thread_state, stop_rx));
-                // Dropping the runtime cancels the connection tasks and closes their sockets.
-            })
-            .expect("spawn JWKS server thread");
+        let thread =
+            crate::spawn_server_thread(format!("jwks-server-{}", addr.port()), move || {
+                server::run(listener, addr, thread_state, stop_rx)
+            });
         JwksServer {
             addr,
             state,

@@ -411,3 +411,23 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .expect("tempdir")
 }
+
+/// Runs a fake server on a thread of its own with a single-threaded tokio runtime: `serve`
+/// builds the server's future on that thread. Dropping the runtime when the future ends
+/// cancels the connection tasks and closes their sockets.
+pub fn spawn_server_thread<F, Fut>(name: String, serve: F) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("{name}: tokio runtime: {e}"));
+            rt.block_on(serve());
+        })
+        .expect("spawn a fake server's thread")
+}

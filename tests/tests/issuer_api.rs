@@ -9,25 +9,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use portcullis_tests::issuer::*;
 use portcullis_tests::jwt;
+use portcullis_tests::on_both_backends;
 use portcullis_tests::{client, tempdir, wait_for};
 use serde_json::{json, Value};
-
-/// Runs scenario `$name(Backend)` as `$name::sqlite` and `$name::postgres`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[test]
-            fn sqlite() {
-                super::$name(Backend::Sqlite)
-            }
-            #[test]
-            fn postgres() {
-                super::$name(Backend::Postgres)
-            }
-        }
-    )*};
-}
 
 on_both_backends!(
     jwks_and_discovery,

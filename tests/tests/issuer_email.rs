@@ -9,26 +9,10 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use portcullis_tests::issuer::*;
+use portcullis_tests::on_both_backends;
 use portcullis_tests::smtp_sink::{ReceivedMail, Refuse, SinkOptions, SmtpSink};
 use portcullis_tests::{client, free_port, tempdir, wait_for};
 use serde_json::{json, Value};
-
-/// Runs scenario `$name(Backend)` as `$name::sqlite` and `$name::postgres`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[test]
-            fn sqlite() {
-                super::$name(Backend::Sqlite)
-            }
-            #[test]
-            fn postgres() {
-                super::$name(Backend::Postgres)
-            }
-        }
-    )*};
-}
 
 on_both_backends!(
     signup_confirmation,

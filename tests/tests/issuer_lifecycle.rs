@@ -5,25 +5,9 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use portcullis_tests::issuer::*;
+use portcullis_tests::on_both_backends;
 use portcullis_tests::{tempdir, wait_for};
 use serde_json::json;
-
-/// Runs scenario `$name(Backend)` as `$name::sqlite` and `$name::postgres`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[test]
-            fn sqlite() {
-                super::$name(Backend::Sqlite)
-            }
-            #[test]
-            fn postgres() {
-                super::$name(Backend::Postgres)
-            }
-        }
-    )*};
-}
 
 on_both_backends!(restart_keeps_keys_and_sessions, config_check);
 

@@ -16,25 +16,9 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use portcullis_tests::issuer::*;
+use portcullis_tests::on_both_backends;
 use portcullis_tests::{client, tempdir};
 use serde_json::json;
-
-/// Runs scenario `$name(Backend)` as `$name::sqlite` and `$name::postgres`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[test]
-            fn sqlite() {
-                super::$name(Backend::Sqlite)
-            }
-            #[test]
-            fn postgres() {
-                super::$name(Backend::Postgres)
-            }
-        }
-    )*};
-}
 
 on_both_backends!(clients_vanishing_mid_login_do_not_wedge_writes);
 

@@ -169,6 +169,24 @@ pub(super) async fn create_session_in(
     Ok(())
 }
 
+/// Revokes session `id` because one of its rotated refresh tokens came back.
+async fn revoke_for_reuse(
+    tx: &mut Transaction<'static, Any>,
+    id: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+         WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(REASON_REFRESH_REUSE)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// [`Store::rotate_refresh`] inside a transaction that already holds SQLite's write lock
 /// (`BEGIN IMMEDIATE`): nothing can change between reading and writing, so it reads first
 /// and writes only what the outcome needs. It never writes before deciding, so an outcome
@@ -221,15 +239,7 @@ pub(super) async fn rotate_refresh_locked(
             Ok(RotateOutcome::WithinGrace { session })
         }
         Some(_) => {
-            sqlx::query(
-                "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
-                 WHERE id = $1 AND revoked_at IS NULL",
-            )
-            .bind(&session.id)
-            .bind(now)
-            .bind(REASON_REFRESH_REUSE)
-            .execute(&mut **tx)
-            .await?;
+            revoke_for_reuse(tx, &session.id, now).await?;
             Ok(RotateOutcome::Reused {
                 session_id: session.id,
             })
@@ -414,15 +424,7 @@ impl Store {
             tx.commit().await?;
             return Ok(RotateOutcome::WithinGrace { session });
         }
-        sqlx::query(
-            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
-             WHERE id = $1 AND revoked_at IS NULL",
-        )
-        .bind(&session.id)
-        .bind(now)
-        .bind(REASON_REFRESH_REUSE)
-        .execute(&mut *tx)
-        .await?;
+        revoke_for_reuse(&mut tx, &session.id, now).await?;
         tx.commit().await?;
         Ok(RotateOutcome::Reused {
             session_id: session.id,
