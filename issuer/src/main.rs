@@ -260,6 +260,25 @@ async fn serve(app: Arc<App>) -> anyhow::Result<()> {
         }
     });
 
+    // Housekeeping (store/housekeeping.rs): hourly, the first a minute after start.
+    let keeper = app.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            hourly.tick().await;
+            match keeper
+                .store
+                .purge_expired(portcullis_issuer::app::now())
+                .await
+            {
+                Ok(p) if p.total() > 0 => tracing::info!(?p, "deleted ended rows"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("housekeeping failed: {e}"),
+            }
+        }
+    });
+
     let p = axum::serve(pl, public).with_graceful_shutdown(shutdown_signal());
     let a = axum::serve(al, admin).with_graceful_shutdown(shutdown_signal());
     tokio::try_join!(async { p.await }, async { a.await })?;

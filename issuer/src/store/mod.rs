@@ -33,6 +33,7 @@
 mod api_keys;
 mod error;
 mod group_commit;
+pub mod housekeeping;
 mod keys;
 mod limits;
 mod links;

@@ -95,6 +95,26 @@ impl Store {
         self.reset_limit(&sms_interval_key(phone)).await
     }
 
+    /// Deletes codes that expired before `codes_before` and message records created before
+    /// `messages_before`; returns how many of each.
+    pub async fn purge_sms(
+        &self,
+        codes_before: i64,
+        messages_before: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        let codes = sqlx::query("DELETE FROM sms_codes WHERE expires_at < $1")
+            .bind(codes_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let messages = sqlx::query("DELETE FROM sms_messages WHERE created_at < $1")
+            .bind(messages_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok((codes, messages))
+    }
+
     /// Stores a new code in state `pending`; returns its id.
     pub async fn sms_insert_code(
         &self,

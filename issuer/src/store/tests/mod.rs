@@ -69,6 +69,7 @@ backend_tests!(
     limits,
     limits_concurrent,
     purge,
+    purge_expired,
     migrations_idempotent,
 );
 
@@ -1114,6 +1115,85 @@ async fn purge(store: Store) {
     assert_eq!(store.purge_limits(NOW).await.expect("purge"), 1);
     assert_eq!(store.hit_limit("b", 10, NOW).await.expect("hit"), 2);
     assert_eq!(store.hit_limit("a", 10, NOW).await.expect("hit"), 1);
+}
+
+/// Housekeeping deletes what ended longer ago than its retention, and nothing else.
+async fn purge_expired(store: Store) {
+    use super::housekeeping::{KEEP_ENDED_SESSIONS, KEEP_SMS_MESSAGES, KEEP_SPENT_SECRETS};
+    let long_ago = NOW - KEEP_ENDED_SESSIONS - 100;
+    let mut ended = new_session("ended", "u", long_ago - 100);
+    ended.expires_at = long_ago;
+    store.create_session(&ended, "e1").await.expect("create");
+    let mut recent = new_session("recent", "u", NOW - 100);
+    recent.expires_at = NOW - 10; // ended, but within the retention
+    store.create_session(&recent, "r1").await.expect("create");
+    store
+        .create_session(&new_session("live", "u", NOW - 100), "l1")
+        .await
+        .expect("create");
+    store.hit_limit("w", 10, NOW - 100).await.expect("hit");
+    let spent = NOW - KEEP_SPENT_SECRETS - 10;
+    for (hash, expires) in [("old-link", spent), ("new-link", NOW + 60)] {
+        store
+            .create_email_link(hash, "reset_password", hash, None, spent - 60, expires)
+            .await
+            .expect("link");
+    }
+    store
+        .sms_insert_code("+12015550123", "h1", spent - 300, spent)
+        .await
+        .expect("code");
+    store
+        .sms_insert_code("+12015550124", "h2", NOW, NOW + 300)
+        .await
+        .expect("code");
+    for (id, created) in [("m-old", NOW - KEEP_SMS_MESSAGES - 1), ("m-new", NOW - 60)] {
+        let m = SmsMessage {
+            id: id.into(),
+            provider: "log".into(),
+            provider_id: None,
+            phone: "+12015550199".into(),
+            status: "sent".into(),
+            error_code: None,
+            created_at: created,
+            updated_at: created,
+        };
+        let code = store
+            .sms_insert_code(&m.phone, id, created, NOW + 300)
+            .await
+            .expect("code");
+        store
+            .sms_activate_code(&code, &m, created)
+            .await
+            .expect("activate");
+    }
+
+    let purged = store.purge_expired(NOW).await.expect("purge");
+    assert_eq!(
+        purged,
+        housekeeping::Purged {
+            sessions: 1,
+            limits: 1,
+            email_links: 1,
+            sms_codes: 1,
+            sms_messages: 1,
+        }
+    );
+    let left: Vec<String> = store
+        .list_sessions("u")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&"ended".to_string()), "{left:?}");
+    let messages = store.sms_list_messages(None, 10).await.expect("list");
+    assert_eq!(
+        messages.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["m-new"]
+    );
+    assert_eq!(store.purge_expired(NOW).await.expect("again").total(), 0);
 }
 
 async fn migrations_idempotent(store: Store) {
