@@ -460,10 +460,34 @@ pub fn header_value(s: &str) -> Result<HeaderValue, AuthError> {
 }
 
 fn parse_alg(alg: &str) -> Option<Algorithm> {
-    // Exact, case-sensitive names (RFC 7518); `none` in any case is not among them.
-    alg.parse::<Algorithm>()
-        .ok()
-        .filter(|a| format!("{a:?}") == alg)
+    // Exact, case-sensitive names (RFC 7518); `none` in any case is not among them. A table,
+    // not `FromStr` + `Debug` re-formatting, so the miss path allocates nothing here.
+    Some(match alg {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// Whether `typ` equals one of the `allowed` canonical (lower-case) values, compared as
+/// `canonical_typ` would but without allocating on the miss path.
+fn typ_allowed(typ: &str, allowed: &[String]) -> bool {
+    const PREFIX: &str = "application/";
+    let bare = match typ.get(..PREFIX.len()) {
+        Some(head) if head.eq_ignore_ascii_case(PREFIX) => &typ[PREFIX.len()..],
+        _ => typ,
+    };
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(bare))
 }
 
 /// Normalises a `typ` value for comparison (RFC 8725 §3.11: case-insensitive, optional
@@ -655,8 +679,13 @@ impl Verifier {
         }
         let header = parse_object(&b64(h64)?)?;
         let claims = parse_object(&b64(p64)?)?;
-        // Decode the signature now so malformed encodings fail as such, not as bad signatures.
-        b64(s64)?;
+        // Decode the signature now so malformed encodings fail as such, not as bad signatures;
+        // into a stack buffer (RSA-8192 at most is 1,024 bytes) so the miss path allocates
+        // nothing for it.
+        let mut sig = [0u8; 1024];
+        if URL_SAFE_NO_PAD.decode_slice(s64, &mut sig).is_err() {
+            b64(s64)?;
+        }
 
         let alg_name = header
             .get("alg")
@@ -682,11 +711,11 @@ impl Verifier {
         }
         if !issuer.typ.is_empty() {
             let typ = match header.get("typ") {
-                Some(Value::String(t)) => canonical_typ(t),
+                Some(Value::String(t)) => t.as_str(),
                 Some(_) => return Err(AuthError::Malformed),
                 None => return Err(AuthError::WrongType),
             };
-            if !issuer.typ.contains(&typ) {
+            if !typ_allowed(typ, &issuer.typ) {
                 return Err(AuthError::WrongType);
             }
         }
@@ -752,7 +781,28 @@ impl Verifier {
         // Identity header values, in sending order, then the audiences: one buffer.
         let text = |name: &str| claims.get(name).and_then(Value::as_str);
         let mut t = TextBuilder::default();
-        t.buf.reserve(p64.len() + 256);
+        // Exactly the bytes appended below, so `into_boxed_slice` need not shrink (copy) it.
+        let joined_len = |l: &[&str]| {
+            l.iter()
+                .map(|s| s.len() + 1)
+                .sum::<usize>()
+                .saturating_sub(1)
+        };
+        let opt_len = |name: &str| text(name).map_or(0, str::len);
+        t.buf.reserve_exact(
+            opt_len("sub")
+                + iss.len()
+                + joined_len(&scopes)
+                + joined_len(&roles)
+                + opt_len("sid")
+                + opt_len("jti")
+                + joined_len(&amr)
+                + p64.len()
+                + audiences.iter().map(|a| a.len()).sum::<usize>(),
+        );
+        // Exact: no growth on the way and no shrinking copy in `into_boxed_slice`.
+        t.items
+            .reserve_exact(scopes.len() + roles.len() + amr.len() + audiences.len());
         if let Some(sub) = text("sub") {
             t.value(0, sub)?;
         }
@@ -979,5 +1029,24 @@ mod tests {
         assert!(header_value("a\r\nX-Auth-Roles: admin").is_err());
         assert!(header_value("a\u{0}").is_err());
         assert_eq!(canonical_typ("application/AT+JWT"), "at+jwt");
+        let allowed = vec![canonical_typ("at+jwt")];
+        for ok in [
+            "at+jwt",
+            "AT+JWT",
+            "application/at+jwt",
+            "Application/At+Jwt",
+        ] {
+            assert!(typ_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "jwt",
+            "application/jwt",
+            "xapplication/at+jwt",
+            "at+jwt ",
+            "",
+            "applicatio",
+        ] {
+            assert!(!typ_allowed(bad, &allowed), "{bad}");
+        }
     }
 }
