@@ -255,6 +255,11 @@ impl Store {
                 })
                 .after_release(release_check)
                 .before_acquire(acquire_check)
+                // No ping when a connection leaves the pool: sqlx already pings it when it
+                // comes back (after release_check), and a connection that died while idle
+                // fails its next query like it would fail the ping. That ping was a second
+                // round trip to the SQLite worker thread per query, a large share of a read.
+                .test_before_acquire(false)
         };
         let (pool, writer) = match (target.backend, &target.sqlite_file) {
             (Backend::Postgres, _) => {
@@ -262,6 +267,8 @@ impl Store {
                     .max_connections(POSTGRES_MAX_CONNECTIONS)
                     .after_release(release_check)
                     .before_acquire(acquire_check)
+                    // Unlike SQLite's, a PostgreSQL connection dies with the server or the
+                    // network while idle: keep the ping, so a restart costs no failed request.
                     .connect(&target.url)
                     .await?;
                 (pool.clone(), pool)
