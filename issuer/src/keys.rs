@@ -4,9 +4,12 @@
 //! A new key is published (state `next`) for `publish_lead` before it signs, so gateways have
 //! fetched it by then; a retired key stays published until every token it signed has expired.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::DecodingKey;
 use sha2::{Digest, Sha256};
 
 use crate::crypto::jwt::Signer;
@@ -37,6 +40,9 @@ pub struct KeyView {
     pub etag: String,
     /// Every key, for admin listings.
     pub keys: Vec<SigningKey>,
+    /// Each key's public half, decoded once per key set, by kid: verifying this issuer's own
+    /// tokens (introspection, `/v1/users/me`) then costs no JWK parsing.
+    pub verifiers: HashMap<String, DecodingKey>,
 }
 
 /// Live keys shared by handlers.
@@ -183,11 +189,19 @@ async fn build_view(store: &Store, kek: Option<&[u8]>) -> Result<KeyView, KeyErr
         .collect();
     let jwks = material::jwks(&published).to_string();
     let etag = format!("\"{}\"", hex(&Sha256::digest(jwks.as_bytes())[..16]));
+    let verifiers = keys
+        .iter()
+        .filter_map(|k| {
+            let jwk: Jwk = serde_json::from_str(&k.public_jwk).ok()?;
+            Some((k.kid.clone(), DecodingKey::from_jwk(&jwk).ok()?))
+        })
+        .collect();
     Ok(KeyView {
         signer,
         jwks,
         etag,
         keys,
+        verifiers,
     })
 }
 

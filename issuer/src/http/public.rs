@@ -2,9 +2,8 @@
 //!
 //! Every handler carries a `#[utoipa::path]` annotation; [`super::openapi`] collects them.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -646,49 +645,14 @@ pub fn verify_access(app: &App, token: &str) -> Result<Value, ApiError> {
     }
     let kid = header.kid.ok_or_else(invalid)?;
     let view = app.keys.view();
-    let key = view
-        .keys
-        .iter()
-        .find(|k| k.kid == kid)
-        .ok_or_else(invalid)?;
-    let decoding = decoding_key(&kid, &key.public_jwk).ok_or_else(invalid)?;
+    let decoding = view.verifiers.get(&kid).ok_or_else(invalid)?;
     let mut validation = jsonwebtoken::Validation::new(header.alg);
     validation.set_issuer(&[&app.cfg.issuer]);
     validation.set_audience(&app.cfg.audiences);
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     let data =
-        jsonwebtoken::decode::<Value>(token, &decoding, &validation).map_err(|_| invalid())?;
+        jsonwebtoken::decode::<Value>(token, decoding, &validation).map_err(|_| invalid())?;
     Ok(data.claims)
-}
-
-/// Most decoded verification keys kept by [`decoding_key`]; a handful are published at once.
-const DECODING_KEY_CACHE: usize = 32;
-
-/// Decoded verification keys by kid, each with the public JWK text it was decoded from.
-type DecodingKeys = HashMap<String, (String, Arc<jsonwebtoken::DecodingKey>)>;
-
-/// The decoded key for `kid`. Parsing the JWK and decoding its point on every verification
-/// cost a noticeable share of an introspection, so decoded keys are cached; an entry is used
-/// only while the key's JWK text is unchanged, so a replaced key is never verified with.
-fn decoding_key(kid: &str, public_jwk: &str) -> Option<Arc<jsonwebtoken::DecodingKey>> {
-    static CACHE: OnceLock<RwLock<DecodingKeys>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Ok(map) = cache.read() {
-        if let Some((jwk, key)) = map.get(kid) {
-            if jwk == public_jwk {
-                return Some(key.clone());
-            }
-        }
-    }
-    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_str(public_jwk).ok()?;
-    let key = Arc::new(jsonwebtoken::DecodingKey::from_jwk(&jwk).ok()?);
-    if let Ok(mut map) = cache.write() {
-        if map.len() >= DECODING_KEY_CACHE {
-            map.clear();
-        }
-        map.insert(kid.to_string(), (public_jwk.to_string(), key.clone()));
-    }
-    Some(key)
 }
 
 /// The caller's user, from an access token whose session is still active.
