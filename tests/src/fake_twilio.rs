@@ -243,31 +243,15 @@ mod server {
     use http_body_util::{BodyExt as _, Full};
     use hyper::body::{Bytes, Incoming};
     use hyper::{Request, Response, StatusCode};
-    use hyper_util::rt::TokioIo;
     use serde_json::json;
     use std::sync::{Arc, Mutex};
 
     pub(super) async fn run(
         listener: std::net::TcpListener,
         state: Arc<Mutex<State>>,
-        mut stop: tokio::sync::oneshot::Receiver<()>,
+        stop: tokio::sync::oneshot::Receiver<()>,
     ) {
-        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            }
-        }
+        crate::serve_http1(listener, stop, move |req| handle(req, state.clone())).await
     }
 
     fn answer(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {

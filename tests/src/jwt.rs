@@ -1026,7 +1026,6 @@ mod server {
     use hyper::body::{Bytes, Incoming};
     use hyper::header::HeaderValue;
     use hyper::{Request, Response, StatusCode};
-    use hyper_util::rt::TokioIo;
     use serde_json::json;
     use sha2::{Digest as _, Sha256};
     use std::fmt::Write as _;
@@ -1062,26 +1061,9 @@ mod server {
         listener: std::net::TcpListener,
         addr: SocketAddr,
         state: Arc<Mutex<ServerState>>,
-        mut stop: tokio::sync::oneshot::Receiver<()>,
+        stop: tokio::sync::oneshot::Receiver<()>,
     ) {
-        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
-                            handle(req, addr, state.clone())
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            }
-        }
+        crate::serve_http1(listener, stop, move |req| handle(req, addr, state.clone())).await
     }
 
     async fn handle(

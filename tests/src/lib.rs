@@ -431,3 +431,35 @@ where
         })
         .expect("spawn a fake server's thread")
 }
+
+/// What a fake server's handler answers.
+pub type FakeResponse =
+    Result<hyper::Response<http_body_util::Full<hyper::body::Bytes>>, std::io::Error>;
+
+/// Serves HTTP/1.1 on `listener`, each request answered by `handle`, until `stop` fires: the
+/// accept loop of the suites' fake servers (run it with [`spawn_server_thread`]).
+pub async fn serve_http1<H, Fut>(
+    listener: std::net::TcpListener,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    handle: H,
+) where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = FakeResponse> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(handle);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }
+    }
+}
