@@ -276,6 +276,8 @@ fn route(name: String, path: PathMatch) -> Arc<Route> {
         request_headers: HeaderOps::default(),
         response_headers: HeaderOps::default(),
         max_body_size: None,
+        client_body_timeout: std::time::Duration::from_secs(60),
+        limits: Vec::new(),
         policy: RoutePolicy::default(),
         cors: None,
     })

@@ -43,6 +43,8 @@ pub struct Entry<'a> {
     pub auth_reason: &'a str,
     /// Verified subject, `-` if none (never the token).
     pub subject: &'a str,
+    /// The rate or concurrency limit that refused the request, `-` otherwise.
+    pub limit: &'a str,
 }
 
 impl Entry<'_> {
@@ -57,7 +59,7 @@ impl Entry<'_> {
                     ))
                     .unwrap_or_default();
                 format!(
-                    "{} - {} [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" route={} upstream={} rt={:.3} auth={} reason={} rid={}",
+                    "{} - {} [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" route={} upstream={} rt={:.3} auth={} reason={} rid={} limit={}",
                     self.client,
                     escape(self.subject),
                     ts,
@@ -73,7 +75,8 @@ impl Entry<'_> {
                     self.duration.as_secs_f64(),
                     self.auth,
                     self.auth_reason,
-                    self.request_id
+                    self.request_id,
+                    self.limit
                 )
             }
             LogFormat::Json => json!({
@@ -93,6 +96,7 @@ impl Entry<'_> {
                 "auth_reason": self.auth_reason,
                 "subject": self.subject,
                 "request_id": self.request_id,
+                "limit": self.limit,
             })
             .to_string(),
         }

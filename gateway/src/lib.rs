@@ -10,6 +10,7 @@ pub mod headers;
 pub mod health;
 pub mod jwks;
 pub mod key_refresh;
+pub mod limits;
 pub mod metrics;
 pub mod path;
 pub mod policy;

@@ -32,6 +32,14 @@ pub struct Metrics {
     pub jwks_age: IntGaugeVec,
     /// Keys held per issuer.
     pub jwks_keys: IntGaugeVec,
+    /// Client connections open now.
+    pub connections_open: IntGauge,
+    /// Connections closed at once because `max_connections` were open.
+    pub connections_refused: IntCounter,
+    /// Requests refused by a connection-level limit, by reason (head too large, timeout…).
+    pub requests_refused: IntCounterVec,
+    /// Requests refused by a rate or concurrency limit, by route and limit name.
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -122,7 +130,35 @@ impl Metrics {
         registry.register(Box::new(jwks_fetches.clone()))?;
         registry.register(Box::new(jwks_age.clone()))?;
         registry.register(Box::new(jwks_keys.clone()))?;
+        let connections_open =
+            IntGauge::new("portcullis_connections_open", "Client connections open")?;
+        let connections_refused = IntCounter::new(
+            "portcullis_connections_refused_total",
+            "Connections closed at once because max_connections were open",
+        )?;
+        let requests_refused = IntCounterVec::new(
+            Opts::new(
+                "portcullis_requests_refused_total",
+                "Requests refused by a request or connection limit, by reason",
+            ),
+            &["reason"],
+        )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "portcullis_rate_limited_total",
+                "Requests refused by a rate or concurrency limit",
+            ),
+            &["route", "limit"],
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(requests_refused.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
         Ok(Metrics {
+            connections_open,
+            connections_refused,
+            requests_refused,
+            rate_limited,
             registry,
             requests,
             upstream_latency,

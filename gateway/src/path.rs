@@ -34,6 +34,10 @@ pub enum PathError {
     /// A dot segment with parameters (`..;x`), read as `..` by some servers.
     #[error("dot segment with parameters in the path is not allowed")]
     DotSegmentParameters,
+    /// Percent-encoded bytes that are not UTF-8 (overlong forms such as `%c0%ae` for `.`,
+    /// surrogates, truncated sequences): decoders disagree on what they mean.
+    #[error("percent-encoded bytes in the path are not valid UTF-8")]
+    InvalidUtf8,
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -57,6 +61,7 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     }
     // First pass: decode what is safe to decode, refuse what is ambiguous.
     let mut decoded = String::with_capacity(bytes.len());
+    let mut non_ascii = false;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -88,6 +93,7 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
                     }
                     v if is_unreserved(v) => decoded.push(v as char),
                     v => {
+                        non_ascii |= v >= 0x80;
                         const HEX: &[u8; 16] = b"0123456789ABCDEF";
                         decoded.push('%');
                         decoded.push(HEX[(v >> 4) as usize] as char);
@@ -104,6 +110,10 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
                 i += 1;
             }
         }
+    }
+
+    if non_ascii && !decodes_to_utf8(bytes) {
+        return Err(PathError::InvalidUtf8);
     }
 
     // Second pass: resolve dot segments and empty segments (RFC 3986 §5.2.4, plus `//`).
@@ -138,6 +148,29 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// Whether the fully percent-decoded path is UTF-8 (escapes already checked well-formed).
+fn decodes_to_utf8(bytes: &[u8]) -> bool {
+    let mut raw = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex_val),
+            bytes.get(i + 2).copied().and_then(hex_val),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                raw.push(h << 4 | l);
+                i += 3;
+            }
+            (b, _, _) => {
+                raw.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&raw).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +192,8 @@ mod tests {
         ok("/a%3fb", "/a%3Fb");
         ok("/a;v=1/b", "/a;v=1/b");
         ok("/100%25", "/100%25");
+        ok("/caf%c3%a9", "/caf%C3%A9");
+        ok("/%e2%82%ac/%F0%9F%98%80", "/%E2%82%AC/%F0%9F%98%80");
     }
 
     #[test]
@@ -197,6 +232,13 @@ mod tests {
         err("/public/../../admin", PathError::EscapesRoot);
         err("/%2e%2e/etc/passwd", PathError::EscapesRoot);
         err("public", PathError::NotAbsolute);
+        err("/public/%c0%ae%c0%ae/admin/x", PathError::InvalidUtf8);
+        err("/public/%ff", PathError::InvalidUtf8);
+        err("/public/%c3", PathError::InvalidUtf8);
+        err("/public/%c3/x", PathError::InvalidUtf8);
+        err("/public/%ed%a0%80", PathError::InvalidUtf8);
+        err("/public/%e0%80%af", PathError::InvalidUtf8);
+        err("/public/%f8%88%80%80%80", PathError::InvalidUtf8);
         err("*", PathError::NotAbsolute);
     }
 }

@@ -22,6 +22,8 @@ use crate::access_log::Entry;
 use crate::auth::{self, Identity, Outcome};
 use crate::config::GatewayConfig;
 use crate::headers::{acceptable_request_id, new_request_id, ClientInfo};
+use crate::limits::conn;
+use crate::limits::rules::{self, Held, Refusal, Stage};
 use crate::path;
 use crate::policy::RoutePolicy;
 use crate::reload::LiveConfig;
@@ -67,6 +69,12 @@ pub struct RequestCtx {
     /// The request's `Origin`, when the route's CORS policy allows it.
     cors_origin: Option<HeaderValue>,
     counted: bool,
+    /// Concurrency-limit slots this request holds until it ends.
+    held: Held,
+    /// The limit that refused the request, for the access log.
+    limited: Option<String>,
+    /// Socket of the upstream connection in use (to abort it on an over-limit body).
+    upstream_fd: Option<i32>,
 }
 
 /// Builds a JSON error body in the shape the issuer also uses.
@@ -100,8 +108,11 @@ fn status_label(status: u16) -> Option<&'static str> {
         403 => "403",
         404 => "404",
         405 => "405",
+        408 => "408",
         413 => "413",
+        414 => "414",
         429 => "429",
+        431 => "431",
         500 => "500",
         502 => "502",
         503 => "503",
@@ -117,7 +128,9 @@ fn status_error_code(status: u16) -> &'static str {
         403 => "forbidden",
         404 => "not_found",
         405 => "method_not_allowed",
+        408 => "request_timeout",
         413 => "payload_too_large",
+        429 => "rate_limited",
         502 => "bad_gateway",
         503 => "service_unavailable",
         504 => "gateway_timeout",
@@ -174,6 +187,63 @@ impl Gateway {
         }
         metrics.auth.with_label_values(&[ctx.auth, "-"]).inc();
         Ok(true)
+    }
+
+    /// Counts the request against the route's limits of `stage`; answers 429 itself when one
+    /// refuses. Returns whether the request may continue.
+    async fn within_limits(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        stage: Stage,
+    ) -> Result<bool> {
+        if route.limits.is_empty() {
+            return Ok(true);
+        }
+        let req = rules::Request {
+            client_ip: ctx.client.as_ref().map(|c| c.client_ip.as_str()),
+            headers: &session.req_header().headers,
+            identity: ctx.identity.as_ref(),
+        };
+        let refused = rules::check(
+            &route.limits,
+            stage,
+            &ctx.config.limit_state,
+            &req,
+            &mut ctx.held,
+        );
+        let Err(r) = refused else {
+            return Ok(true);
+        };
+        self.live
+            .metrics
+            .rate_limited
+            .with_label_values(&[route.name.as_str(), r.name.as_str()])
+            .inc();
+        self.respond_limited(session, ctx, r).await?;
+        Ok(false)
+    }
+
+    /// 429 with `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields.
+    async fn respond_limited(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        r: Refusal,
+    ) -> Result<()> {
+        let extra = [
+            (header::RETRY_AFTER, HeaderValue::from(r.retry_after)),
+            (
+                header::HeaderName::from_static("ratelimit-policy"),
+                r.policy,
+            ),
+            (header::HeaderName::from_static("ratelimit"), r.status),
+        ];
+        let description = format!("rate limit {:?} exceeded; retry later", r.name);
+        ctx.limited = Some(r.name);
+        self.respond_error(session, ctx, 429, &description, &extra)
+            .await
     }
 
     /// `auth_request` compatibility: answers 200 with the identity headers, or 401/403.
@@ -369,6 +439,31 @@ impl Gateway {
     }
 }
 
+/// Makes the kernel reset the connection when it is closed, instead of ending it in order.
+fn abort_on_close(fd: i32) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is the open upstream socket of this request (Pingora closes it only after
+    // the request's hooks have run); setsockopt reads `linger` and nothing else.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "could not set SO_LINGER on the upstream socket: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Where to send a browser that failed authentication, if the route has a login page.
 fn login_redirect(req: &RequestHeader, route: &Route, r: &auth::Rejection) -> Option<HeaderValue> {
     let template = route.policy.login_redirect.as_ref()?;
@@ -454,7 +549,19 @@ impl ProxyHttp for Gateway {
             identity: None,
             cors_origin: None,
             counted: false,
+            held: Held::default(),
+            limited: None,
+            upstream_fd: None,
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        conn::request_started(session, &ctx.config.limits);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -535,6 +642,13 @@ impl ProxyHttp for Gateway {
         };
         ctx.host = host;
         ctx.route = Some(route.clone());
+        session.set_read_timeout(Some(route.client_body_timeout));
+        if !self
+            .within_limits(session, ctx, &route, Stage::BeforeAuth)
+            .await?
+        {
+            return Ok(true);
+        }
 
         if let (Some(cors), Some(origin)) = (&route.cors, &origin) {
             let allowed = origin.to_str().is_ok_and(|o| cors.allows_origin(o));
@@ -596,6 +710,12 @@ impl ProxyHttp for Gateway {
             true => {}
             false => return Ok(true),
         }
+        if !self
+            .within_limits(session, ctx, &route, Stage::AfterAuth)
+            .await?
+        {
+            return Ok(true);
+        }
 
         match &route.action {
             Action::Respond(fixed) => {
@@ -651,6 +771,11 @@ impl ProxyHttp for Gateway {
         ) {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > max {
+                // This chunk is not forwarded; the upstream must not keep a request that
+                // looks complete up to here, so its connection is reset, never reused.
+                if let Some(fd) = ctx.upstream_fd.take() {
+                    abort_on_close(fd);
+                }
                 return Error::e_explain(
                     ErrorType::HTTPStatus(413),
                     format!("request body larger than {max} bytes"),
@@ -685,11 +810,12 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         reused: bool,
         _peer: &HttpPeer,
-        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.upstream_fd = Some(fd);
         if !reused {
             if let (Some(Action::Proxy(group)), Some(idx)) =
                 (ctx.route.as_ref().map(|r| &r.action), ctx.backend)
@@ -851,6 +977,8 @@ impl ProxyHttp for Gateway {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // `client_body_timeout`: the body stopped arriving.
+                    ErrorType::ReadTimedout => 408,
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,
@@ -867,6 +995,7 @@ impl ProxyHttp for Gateway {
                     None => "request body too large".to_string(),
                 },
                 400 => "malformed request".to_string(),
+                408 => "the request body did not arrive in time".to_string(),
                 _ => "the request could not be completed".to_string(),
             };
             if let Err(err) = self
@@ -883,6 +1012,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        conn::request_finished(session);
         let metrics = &self.live.metrics;
         if ctx.counted {
             metrics.active_requests.dec();
@@ -956,6 +1086,7 @@ impl ProxyHttp for Gateway {
                 .as_ref()
                 .and_then(|i| i.token.subject())
                 .unwrap_or("-"),
+            limit: ctx.limited.as_deref().unwrap_or("-"),
         }
         .render(cfg.access_log.format);
         if !self.live.access_log.write(line) {

@@ -155,8 +155,12 @@ pub struct Route {
     pub request_headers: HeaderOps,
     /// Edits to the response.
     pub response_headers: HeaderOps,
-    /// Maximum request body in bytes (413 above).
+    /// Maximum request body in bytes (413 above); `None`: unlimited.
     pub max_body_size: Option<u64>,
+    /// Longest pause between two reads of the request body.
+    pub client_body_timeout: std::time::Duration,
+    /// Rate and concurrency limits.
+    pub limits: Vec<crate::limits::LimitRule>,
     /// Token rules (issuers, audiences, scopes, roles, claims, sources).
     pub policy: RoutePolicy,
     /// CORS policy, if the route serves browsers on other origins.
@@ -324,6 +328,8 @@ mod tests {
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
             max_body_size: None,
+            client_body_timeout: std::time::Duration::from_secs(60),
+            limits: Vec::new(),
             policy: RoutePolicy::default(),
             cors: None,
         })

@@ -17,6 +17,7 @@ use crate::admin::AdminApp;
 use crate::config::{ListenerSpec, TlsSpec};
 use crate::health::HealthChecker;
 use crate::key_refresh::KeyRefresher;
+use crate::limits::conn::EdgeApp;
 use crate::proxy::Gateway;
 use crate::reload::LiveConfig;
 
@@ -101,10 +102,14 @@ pub fn build(live: Arc<LiveConfig>, flags: ProcessFlags) -> Result<Server, Serve
     // happens after daemonising; everything that listens waits for it.
     let bootstrap = server.bootstrap_as_a_service();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(live.clone()),
-        "portcullis-gateway",
+    let mut http = pingora::proxy::http_proxy(&server.configuration, Gateway::new(live.clone()));
+    // HTTP/2 heads get the same bound as HTTP/1 ones (h2 answers 431 / resets the stream).
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(cfg.limits.head.max_head_size as u32);
+    http.h2_options = Some(h2);
+    let mut proxy = Service::new(
+        "portcullis-gateway".to_string(),
+        EdgeApp::new(http, live.clone()),
     );
     for l in &cfg.listeners {
         match l {

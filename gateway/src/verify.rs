@@ -150,6 +150,7 @@ pub const IDENTITY_SLOTS: [&str; 8] = [
     "subject", "issuer", "scopes", "roles", "session", "token-id", "method", "claims",
 ];
 const SLOT_SUBJECT: usize = 0;
+const SLOT_SESSION: usize = 4;
 const SLOT_CLAIMS: usize = 7;
 
 /// List claims kept for route policies, in the order their items are stored.
@@ -190,6 +191,13 @@ impl VerifiedToken {
     /// `sub`, if any.
     pub fn subject(&self) -> Option<&str> {
         self.identity[SLOT_SUBJECT]
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// `sid`, if any.
+    pub fn session(&self) -> Option<&str> {
+        self.identity[SLOT_SESSION]
             .as_ref()
             .and_then(|v| v.to_str().ok())
     }

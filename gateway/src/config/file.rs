@@ -121,6 +121,43 @@ pub struct ServerFile {
     pub graceful_shutdown_timeout: Option<Spanned<DurationValue>>,
     pub upstream_keepalive_pool: Option<usize>,
     pub work_stealing: Option<bool>,
+    /// Request and connection limits (nginx-like defaults).
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// Rate and concurrency limits of every route that sets no `limit:` of its own.
+    #[serde(default)]
+    pub limit: Vec<Spanned<LimitFile>>,
+}
+
+/// `server.limits`: request-head bounds, body size, timeouts, connection cap.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_uri_length: Option<Spanned<SizeValue>>,
+    pub max_header_line: Option<Spanned<SizeValue>>,
+    pub max_head_size: Option<Spanned<SizeValue>>,
+    pub max_headers: Option<Spanned<u64>>,
+    pub max_body_size: Option<Spanned<SizeValue>>,
+    pub client_header_timeout: Option<Spanned<DurationValue>>,
+    pub client_body_timeout: Option<Spanned<DurationValue>>,
+    pub keepalive_timeout: Option<Spanned<DurationValue>>,
+    pub keepalive_requests: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<u64>>,
+    pub rate_limit_keys: Option<Spanned<u64>>,
+}
+
+/// One `limit:` entry: a rate (`rate` + `burst`) or a concurrency bound, counted per `key`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitFile {
+    pub name: Option<Spanned<String>>,
+    /// `ip`, `subject`, `session`, `client`, `claim:<path>` or `header:<name>`.
+    pub key: Spanned<String>,
+    /// `10r/s`, `600r/m`, `100r/h`.
+    pub rate: Option<Spanned<String>>,
+    pub burst: Option<Spanned<u64>>,
+    /// Requests in flight at once per key.
+    pub concurrency: Option<Spanned<u64>>,
 }
 
 /// A downstream listener: TCP (`address`) or Unix socket (`unix`), optionally TLS.
@@ -235,6 +272,10 @@ pub struct RouteFile {
     #[serde(default)]
     pub response_headers: HeaderOpsFile,
     pub max_body_size: Option<Spanned<SizeValue>>,
+    /// Longest pause between two body reads (default `server.limits.client_body_timeout`).
+    pub client_body_timeout: Option<Spanned<DurationValue>>,
+    /// Rate and concurrency limits (replace `server.limit`; `[]` turns them off).
+    pub limit: Option<Vec<Spanned<LimitFile>>>,
     /// Issuer names accepted on this route (default: all).
     #[serde(default)]
     pub issuers: Vec<Spanned<String>>,

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod file;
+mod limits;
 
 pub use auth::AuthSettings;
 
@@ -23,6 +24,7 @@ use thiserror::Error;
 
 use crate::headers::{Cidr, HeaderOps, IdentityPrefix, ProxyTrust};
 use crate::jwks::IssuerKeys;
+use crate::limits::{EdgeLimits, LimitState};
 use crate::path;
 use crate::routes::{
     Action, AuthMode, FixedResponse, HostHeader, HostMatch, PathMatch, PathRewrite, Route, Router,
@@ -190,6 +192,10 @@ pub struct GatewayConfig {
     pub identity_names: crate::auth::IdentityHeaderNames,
     /// Secret for `X-Auth-Signature`, shared with upstreams.
     pub signature_key: Option<Vec<u8>>,
+    /// Request, connection and timeout limits (`server.limits`).
+    pub limits: Arc<EdgeLimits>,
+    /// Rate-limit and concurrency tables (shared by every generation).
+    pub limit_state: Arc<LimitState>,
 }
 
 /// What a reload hands over from the running config: backend health, issuer key caches and
@@ -204,6 +210,8 @@ pub struct Carry {
     pub token_cache: Option<Arc<TokenCache>>,
     /// The running generation.
     pub generation: u64,
+    /// The running rate-limit tables.
+    pub limit_state: Option<Arc<LimitState>>,
 }
 
 impl Carry {
@@ -214,6 +222,7 @@ impl Carry {
             issuer_keys: cfg.issuer_keys.clone(),
             token_cache: Some(cfg.token_cache.clone()),
             generation: cfg.generation,
+            limit_state: Some(cfg.limit_state.clone()),
         }
     }
 }
@@ -486,6 +495,10 @@ fn compile(
         upstreams.insert(name.clone(), Arc::new(group));
     }
 
+    let edge = limits::compile_edge(main_src, &main.server.limits)?;
+    let mut rule_names = limits::RuleNames::default();
+    let default_rules =
+        limits::compile_rules(main_src, &main.server.limit, "server", &mut rule_names)?;
     let auth_settings = auth::compile_settings(main_src, &main.auth)?;
     let (issuers, issuer_keys) =
         auth::compile_issuers(main_src, &main.issuers, &carry.issuer_keys)?;
@@ -508,7 +521,12 @@ fn compile(
                 prev.desc()
             )));
         }
-        let route = compile_route(src, r, &upstreams, &identity_prefix, &issuers)?;
+        let route_limits = RouteLimits {
+            edge: &edge,
+            default_rules: &default_rules,
+            names: &mut rule_names,
+        };
+        let route = compile_route(src, r, &upstreams, &identity_prefix, &issuers, route_limits)?;
         let (kind, text) = match &route.path {
             PathMatch::Exact(p) => (0, p.clone()),
             PathMatch::Prefix(p) => (1, p.clone()),
@@ -564,7 +582,14 @@ fn compile(
             Some(secret)
         }
     };
+    // The tables keep their size for the life of the process; a reload keeps their state.
+    let limit_state = carry
+        .limit_state
+        .clone()
+        .unwrap_or_else(|| Arc::new(LimitState::new(edge.rate_limit_keys)));
     Ok(GatewayConfig {
+        limits: Arc::new(edge),
+        limit_state,
         signature_key,
         identity_names: crate::auth::IdentityHeaderNames::new(&identity_prefix),
         auth: auth_settings,
@@ -1070,12 +1095,20 @@ fn compile_header_ops(
     Ok(out)
 }
 
+/// What a route's limits are compiled against.
+struct RouteLimits<'a> {
+    edge: &'a EdgeLimits,
+    default_rules: &'a [crate::limits::LimitRule],
+    names: &'a mut limits::RuleNames,
+}
+
 fn compile_route(
     src: &Source,
     r: &Spanned<RouteFile>,
     upstreams: &BTreeMap<String, Arc<UpstreamGroup>>,
     identity: &IdentityPrefix,
     issuers: &[Arc<Issuer>],
+    lim: RouteLimits<'_>,
 ) -> Result<Route, ConfigError> {
     let v = &r.value;
     let name = v.name.value.trim().to_string();
@@ -1220,6 +1253,7 @@ fn compile_route(
         },
     };
     let policy = auth::compile_policy(src, r, auth, issuers, identity)?;
+    let name_for_limits = name.clone();
     let cors = v
         .cors
         .as_ref()
@@ -1244,12 +1278,30 @@ fn compile_route(
             Some(identity),
         )?,
         response_headers: compile_header_ops(src, &v.response_headers, "response_headers", None)?,
+        // `0` means unlimited, as in nginx's `client_max_body_size 0`.
         max_body_size: match &v.max_body_size {
-            None => None,
+            None => lim.edge.max_body_size,
             Some(m) => Some(
                 file::parse_size(&m.value.0)
                     .map_err(|e| src.at(m).err(format!("max_body_size: {e}")))?,
-            ),
+            )
+            .filter(|&n| n > 0),
+        },
+        client_body_timeout: {
+            let d = dur(
+                src,
+                &v.client_body_timeout,
+                "client_body_timeout",
+                lim.edge.client_body_timeout,
+            )?;
+            if d.is_zero() {
+                return Err(src.at(r).err("client_body_timeout: must be more than 0"));
+            }
+            d
+        },
+        limits: match &v.limit {
+            None => lim.default_rules.to_vec(),
+            Some(list) => limits::compile_rules(src, list, &name_for_limits, lim.names)?,
         },
     })
 }
