@@ -64,9 +64,19 @@ fn positive(
     }
 }
 
-/// `server.limits` with nginx-like defaults.
-pub(super) fn compile_edge(src: &Source, l: &LimitsFile) -> Result<EdgeLimits, ConfigError> {
+/// Room for `Authorization: Bearer ` and a little more on a token's header line.
+const TOKEN_LINE_OVERHEAD: u64 = 64;
+
+/// `server.limits` with nginx-like defaults. `max_token_size` raises the default header-line
+/// bound so that every token the verifier accepts also fits in a header line.
+pub(super) fn compile_edge(
+    src: &Source,
+    l: &LimitsFile,
+    max_token_size: usize,
+) -> Result<EdgeLimits, ConfigError> {
     let d = EdgeLimits::default();
+    let line_default =
+        (d.head.max_header_line as u64).max(max_token_size as u64 + TOKEN_LINE_OVERHEAD);
     let max_uri_length = size(
         src,
         &l.max_uri_length,
@@ -78,7 +88,7 @@ pub(super) fn compile_edge(src: &Source, l: &LimitsFile) -> Result<EdgeLimits, C
         src,
         &l.max_header_line,
         "server.limits.max_header_line",
-        d.head.max_header_line as u64,
+        line_default,
         (256, PINGORA_MAX_HEAD / 2),
     )?;
     let max_head_size = size(

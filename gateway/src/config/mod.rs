@@ -495,11 +495,11 @@ fn compile(
         upstreams.insert(name.clone(), Arc::new(group));
     }
 
-    let edge = limits::compile_edge(main_src, &main.server.limits)?;
+    let auth_settings = auth::compile_settings(main_src, &main.auth)?;
+    let edge = limits::compile_edge(main_src, &main.server.limits, auth_settings.max_token_size)?;
     let mut rule_names = limits::RuleNames::default();
     let default_rules =
         limits::compile_rules(main_src, &main.server.limit, "server", &mut rule_names)?;
-    let auth_settings = auth::compile_settings(main_src, &main.auth)?;
     let (issuers, issuer_keys) =
         auth::compile_issuers(main_src, &main.issuers, &carry.issuer_keys)?;
 

@@ -198,6 +198,30 @@ impl RateTable {
         }
     }
 
+    /// Gives back one request of `key` that [`RateTable::check`] allowed, when a later limit
+    /// refused the same request (nginx counts a request only when every `limit_req` passes).
+    pub(crate) fn refund(&self, key: u64, rate: Rate) {
+        let fingerprint = fingerprint(key);
+        let first = (key as usize & self.set_mask) * WAYS;
+        let set = &self.slots[first..first + WAYS];
+        // The step taken was this or one tick more (dithered); the smaller never over-refunds.
+        let back = rate.interval_fixed() >> FRAC_BITS;
+        loop {
+            let (way, word) = lookup(set, fingerprint);
+            if word >> TAT_BITS != fingerprint || back == 0 {
+                return;
+            }
+            let tat = (word & TAT_MAX).saturating_sub(back);
+            let packed = (fingerprint << TAT_BITS) | tat;
+            if set[way]
+                .compare_exchange(word, packed, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
     /// Ticks since the table was created (0 for an earlier instant).
     fn ticks(&self, now: Instant) -> u64 {
         let since = now.saturating_duration_since(self.epoch);
@@ -352,6 +376,23 @@ mod tests {
             Rate::parse("x"),
             Err(r#"invalid rate "x": expected e.g. 10r/s, 600r/m or 100r/h"#.to_string())
         );
+    }
+
+    #[test]
+    fn a_refund_gives_back_exactly_one_request() {
+        let table = RateTable::new(64);
+        let rate = per_second(10);
+        let t0 = Instant::now();
+        let key = key_hash(2, b"client");
+        assert!(table.check(key, rate, 1, t0).allowed);
+        assert!(table.check(key, rate, 1, t0).allowed);
+        assert!(!table.check(key, rate, 1, t0).allowed);
+        table.refund(key, rate);
+        assert!(table.check(key, rate, 1, t0).allowed);
+        assert!(!table.check(key, rate, 1, t0).allowed);
+        // An unknown key has nothing to give back.
+        table.refund(key_hash(2, b"other"), rate);
+        assert!(table.check(key_hash(2, b"other"), rate, 0, t0).allowed);
     }
 
     #[test]

@@ -175,6 +175,8 @@ pub fn check(
     held: &mut Held,
 ) -> Result<(), Refusal> {
     let mut claims: Option<Option<Map<String, Value>>> = None;
+    // Rate rules that let the request through, to give back if a later rule refuses it.
+    let mut counted: Vec<(u64, Rate)> = Vec::new();
     for rule in rules {
         if rule.key.needs_identity() != (stage == Stage::AfterAuth) {
             continue;
@@ -191,16 +193,30 @@ pub fn check(
             LimitKind::Rate { rate, burst } => {
                 let v = state.rates.check(hash, rate, burst, Instant::now());
                 if !v.allowed {
-                    return Err(refusal(rule, v.retry_after, v.remaining));
+                    return Err(refuse(state, &counted, rule, v.retry_after));
                 }
+                counted.push((hash, rate));
             }
             LimitKind::Concurrency { max } => match state.inflight.acquire(hash, max) {
                 Ok(guard) => held.0.push(guard),
-                Err(_) => return Err(refusal(rule, Duration::from_secs(1), 0)),
+                Err(_) => return Err(refuse(state, &counted, rule, Duration::from_secs(1))),
             },
         }
     }
     Ok(())
+}
+
+/// A refused request counts against no other rule, as with nginx's `limit_req`.
+fn refuse(
+    state: &LimitState,
+    counted: &[(u64, Rate)],
+    rule: &LimitRule,
+    retry_after: Duration,
+) -> Refusal {
+    for &(hash, rate) in counted {
+        state.rates.refund(hash, rate);
+    }
+    refusal(rule, retry_after, 0)
 }
 
 fn refusal(rule: &LimitRule, retry_after: Duration, remaining: u32) -> Refusal {
@@ -373,6 +389,33 @@ mod tests {
         assert_eq!(refused.retry_after, 1);
         drop(first);
         assert!(check(&rules, Stage::BeforeAuth, &state, &req, &mut third).is_ok());
+    }
+
+    #[test]
+    fn a_request_refused_by_one_rule_spends_no_other_budget() {
+        let state = LimitState::new(1024);
+        let headers = HeaderMap::new();
+        // "wide": 3 at once; "narrow": 1 at once (both per minute).
+        let rules = vec![
+            rule("wide", LimitKey::Ip, 1, 2),
+            rule("narrow", LimitKey::Ip, 1, 0),
+        ];
+        let req = Request {
+            client_ip: Some("192.0.2.7"),
+            headers: &headers,
+            identity: None,
+        };
+        let mut held = Held::default();
+        assert!(check(&rules, Stage::BeforeAuth, &state, &req, &mut held).is_ok());
+        for _ in 0..5 {
+            let r = check(&rules, Stage::BeforeAuth, &state, &req, &mut held).unwrap_err();
+            assert_eq!(r.name, "narrow", "\"wide\" was spent by refused requests");
+        }
+        // "wide" was spent once, not six times: two of its three are left.
+        let only_wide = vec![rule("wide", LimitKey::Ip, 1, 2)];
+        assert!(check(&only_wide, Stage::BeforeAuth, &state, &req, &mut held).is_ok());
+        assert!(check(&only_wide, Stage::BeforeAuth, &state, &req, &mut held).is_ok());
+        assert!(check(&only_wide, Stage::BeforeAuth, &state, &req, &mut held).is_err());
     }
 
     #[test]
