@@ -513,7 +513,23 @@ fn request_host(req: &RequestHeader) -> Result<String, &'static str> {
     if req.headers.get_all(header::HOST).iter().count() > 1 {
         return Err("more than one Host header");
     }
+    // RFC 9112 §3.2: an HTTP/1.1 request without a host is refused.
+    if raw.is_empty() && req.version == http::Version::HTTP_11 {
+        return Err("missing Host header");
+    }
     Ok(raw)
+}
+
+/// RFC 9112 §6.3: repeated `Content-Length` values (`5, 5`, or two fields) must be refused or
+/// collapsed before forwarding; Pingora forwards them as sent, and an upstream that reads them
+/// differently would see a second, smuggled request in the body. We refuse them.
+fn repeated_content_length(req: &RequestHeader) -> bool {
+    let mut values = req.headers.get_all(header::CONTENT_LENGTH).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => v.as_bytes().contains(&b','),
+        (Some(_), Some(_)) => true,
+        _ => false,
+    }
 }
 
 fn strip_port(host: &str) -> &str {
@@ -587,6 +603,11 @@ impl ProxyHttp for Gateway {
         ctx.client = Some(client);
 
         let host = match request_host(req) {
+            Ok(_) if repeated_content_length(req) => {
+                let why = "more than one Content-Length value";
+                self.respond_error(session, ctx, 400, why, &[]).await?;
+                return Ok(true);
+            }
             Ok(h) => h,
             Err(why) => {
                 self.respond_error(session, ctx, 400, why, &[]).await?;

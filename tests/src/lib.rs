@@ -4,6 +4,7 @@
 pub mod fake_twilio;
 pub mod issuer;
 pub mod jwt;
+pub mod recording_upstream;
 pub mod smtp_sink;
 
 use std::io::{Read, Write};
