@@ -6,15 +6,16 @@
 #   e.g. bench/callgrind.sh before=/tmp/old/portcullis-gateway after=target/release/portcullis-gateway
 # Environment: CG_CONFIG (a gateway.yaml.in with @PORT@ @ADMIN_PORT@ @UPSTREAM_PORT@ @DIR@,
 #   default bench/callgrind-gateway.yaml.in), CG_PATHS ["/public/x"] (space-separated request
-#   paths, one measurement each), CG_SMALL [200] and CG_LARGE [1200] requests: the cost per
-#   request is (I(large) - I(small)) / (large - small), so start-up and shutdown cancel out.
+#   paths, one measurement each), CG_SMALL [100] and CG_LARGE [900] requests: the cost per
+#   request is (I(large) - I(small)) / (large - small), so start-up and shutdown cancel out
+#   (one connection carries them all: stay below keepalive_requests, 1000 by default).
 # Prints one line per binary and path: instructions per request.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG=${CG_CONFIG:-$ROOT/bench/callgrind-gateway.yaml.in}
 PATHS=${CG_PATHS:-/public/x}
-SMALL=${CG_SMALL:-200}
-LARGE=${CG_LARGE:-1200}
+SMALL=${CG_SMALL:-100}
+LARGE=${CG_LARGE:-900}
 UPSTREAM_BIN=${CG_UPSTREAM:-$ROOT/target/release/portcullis-demo-upstream}
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed" >&2; exit 1; }
 

@@ -12,6 +12,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -134,6 +135,8 @@ pub struct GuardedStream {
     phase: Phase,
     /// When the head being waited for must have arrived (or the idle connection closes).
     deadline: Pin<Box<Sleep>>,
+    /// The deadline in force; the timer is moved to it only before waiting.
+    deadline_at: Instant,
     /// Set by the proxy when a request is over: the next read starts a new head.
     rearm: AtomicBool,
     /// Requests started on this connection.
@@ -166,13 +169,15 @@ impl GuardedStream {
             Phase::Head(HeadScanner::new(limits.head))
         };
         // nginx times the first head from the accept, like this.
-        let deadline = Box::pin(tokio::time::sleep(limits.client_header_timeout));
+        let deadline_at = Instant::now() + limits.client_header_timeout;
+        let deadline = Box::pin(tokio::time::sleep_until(deadline_at));
         GuardedStream {
             inner,
             limits,
             metrics,
             phase,
             deadline,
+            deadline_at,
             rearm: AtomicBool::new(false),
             requests: AtomicU32::new(0),
             pending: Vec::new(),
@@ -183,8 +188,17 @@ impl GuardedStream {
     /// Starts waiting for the next head of a kept-alive connection.
     fn start_idle(&mut self) {
         self.phase = Phase::Head(HeadScanner::new(self.limits.head));
-        let idle = self.limits.keepalive_timeout;
-        self.deadline.as_mut().reset(Instant::now() + idle);
+        self.deadline_at = Instant::now() + self.limits.keepalive_timeout;
+    }
+
+    /// Arms the timer for `deadline_at` (only when about to wait: resetting a tokio timer
+    /// takes the driver's lock) and reports whether it has passed.
+    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.deadline.deadline() != self.deadline_at {
+            let at = self.deadline_at;
+            self.deadline.as_mut().reset(at);
+        }
+        self.deadline.as_mut().poll(cx).is_ready()
     }
 
     fn refuse(&mut self, answer: &'static [u8], reason: &'static str) {
@@ -194,9 +208,7 @@ impl GuardedStream {
             .inc();
         self.phase = Phase::Refusing { answer, written: 0 };
         // A client that does not read its answer cannot hold the connection either.
-        self.deadline
-            .as_mut()
-            .reset(Instant::now() + REFUSAL_LINGER);
+        self.deadline_at = Instant::now() + REFUSAL_LINGER;
     }
 
     /// Reads a head through the scanner. Pingora gets the head only once it is complete, so
@@ -208,35 +220,63 @@ impl GuardedStream {
                 return Poll::Ready(Ok(()));
             };
             let seen = scanner.seen();
-            if self.deadline.as_mut().poll(cx).is_ready() {
-                if seen == 0 {
-                    // Idle keep-alive (or a connection that never spoke): close quietly.
-                    self.phase = Phase::Closed;
-                } else {
-                    self.refuse(TIMEOUT_RESPONSE, "header_timeout");
-                }
-                return Poll::Ready(Ok(()));
-            }
             // Never read more than the head may still hold, plus one byte to see it overflow.
-            let room = (self.limits.head.max_head_size.saturating_sub(seen) + 1).min(READ_CHUNK);
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut part = ReadBuf::new(&mut chunk[..room]);
-            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut part))?;
-            let got = part.filled();
-            if got.is_empty() {
+            let room = self.limits.head.max_head_size.saturating_sub(seen) + 1;
+            let before = buf.filled().len();
+            let read = if room >= buf.remaining() {
+                // The usual case: read straight into Pingora's buffer; taken back below if the
+                // head is not complete yet.
+                Pin::new(&mut self.inner).poll_read(cx, buf)
+            } else {
+                // Close to the limit: read through a bounded buffer (uninitialised, so nothing
+                // is zeroed on the request path).
+                let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut part = ReadBuf::uninit(&mut chunk[..room.min(READ_CHUNK)]);
+                let read = Pin::new(&mut self.inner).poll_read(cx, &mut part);
+                buf.put_slice(part.filled());
+                read
+            };
+            match read {
+                Poll::Ready(result) => result?,
+                // The deadline is only looked at when there is nothing to read: bytes that
+                // keep arriving are read, and the first wait after the deadline ends it.
+                Poll::Pending if self.deadline_passed(cx) => {
+                    if seen == 0 {
+                        // Idle keep-alive (or a connection that never spoke): close quietly.
+                        self.phase = Phase::Closed;
+                    } else {
+                        self.refuse(TIMEOUT_RESPONSE, "header_timeout");
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+            if buf.filled().len() == before {
                 // The client left (mid-head or between requests).
                 self.phase = Phase::Closed;
                 return Poll::Ready(Ok(()));
             }
-            if seen == 0 && self.requests.load(Ordering::Relaxed) > 0 {
-                // The first byte of a kept-alive head starts its `client_header_timeout`.
-                let total = self.limits.client_header_timeout;
-                self.deadline.as_mut().reset(Instant::now() + total);
-            }
             let Phase::Head(scanner) = &mut self.phase else {
                 return Poll::Ready(Ok(()));
             };
-            match scanner.feed(got) {
+            let got = &buf.filled()[before..];
+            let scan = scanner.feed(got);
+            if seen == 0 && scan == Scan::Incomplete && self.requests.load(Ordering::Relaxed) > 0 {
+                // The first byte of a kept-alive head starts its `client_header_timeout`.
+                self.deadline_at = Instant::now() + self.limits.client_header_timeout;
+            }
+            match scan {
+                Scan::Complete(_) if self.pending.is_empty() => {
+                    // The whole head arrived at once: it stays where it is.
+                    self.phase = Phase::Passthrough;
+                    return Poll::Ready(Ok(()));
+                }
+                Scan::Complete(_) => {
+                    self.pending.extend_from_slice(got);
+                    buf.set_filled(before);
+                    self.phase = Phase::Release { from: 0 };
+                    return Poll::Ready(Ok(()));
+                }
                 Scan::Incomplete => {
                     if self.pending.is_empty() {
                         // One allocation for the whole head: no copies as it grows, and pages
@@ -244,21 +284,13 @@ impl GuardedStream {
                         let whole = self.limits.head.max_head_size + 1;
                         self.pending.reserve_exact(whole);
                     }
-                    self.pending.extend_from_slice(got)
-                }
-                Scan::Complete(_) if self.pending.is_empty() && got.len() <= buf.remaining() => {
-                    // The usual case: the whole head in one read, handed straight over.
-                    buf.put_slice(got);
-                    self.phase = Phase::Passthrough;
-                    return Poll::Ready(Ok(()));
-                }
-                Scan::Complete(_) => {
                     self.pending.extend_from_slice(got);
-                    self.phase = Phase::Release { from: 0 };
-                    return Poll::Ready(Ok(()));
+                    // Pingora sees nothing of a head until it is complete.
+                    buf.set_filled(before);
                 }
                 Scan::Refused(e) => {
                     self.pending.clear();
+                    buf.set_filled(before);
                     self.refuse(e.response(), e.reason());
                     return Poll::Ready(Ok(()));
                 }
@@ -284,7 +316,7 @@ impl GuardedStream {
 
     /// Writes the refusal, then reports end of stream.
     fn poll_refuse(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.deadline.as_mut().poll(cx).is_ready() {
+        if self.deadline_passed(cx) {
             self.phase = Phase::Closed;
         }
         while let Phase::Refusing { answer, written } = &mut self.phase {

@@ -146,8 +146,12 @@ pub(crate) struct HeadScanner {
     line_len: usize,
     /// 0 while on the request line, then one per header line.
     lines: usize,
-    request_line: RequestLine,
+    part: RequestLine,
     target_len: usize,
+    /// The header line so far has a byte other than CR (an empty line ends the head).
+    content: bool,
+    /// The header line so far ends with CR.
+    last_cr: bool,
 }
 
 impl HeadScanner {
@@ -158,8 +162,10 @@ impl HeadScanner {
             head_len: 0,
             line_len: 0,
             lines: 0,
-            request_line: RequestLine::Method,
+            part: RequestLine::Method,
             target_len: 0,
+            content: false,
+            last_cr: false,
         }
     }
 
@@ -170,61 +176,82 @@ impl HeadScanner {
 
     /// Accounts `input`, the next bytes of the connection.
     pub(crate) fn feed(&mut self, input: &[u8]) -> Scan {
-        for (i, &b) in input.iter().enumerate() {
-            self.head_len += 1;
+        let mut i = 0;
+        while i < input.len() {
+            // A line (or the part of it that arrived) at a time.
+            let rest = &input[i..];
+            let newline = memchr::memchr(b'\n', rest);
+            let seg = &rest[..newline.unwrap_or(rest.len())];
+            self.head_len += seg.len() + usize::from(newline.is_some());
             if self.head_len > self.limits.max_head_size {
                 return Scan::Refused(HeadError::HeadTooLarge);
             }
-            match b {
-                b'\n' => {
-                    if self.lines == 0 {
-                        // Empty lines before the request line are skipped (RFC 9112 §2.2),
-                        // but they still count towards the head size above.
-                        if self.line_len > 0 {
-                            self.lines = 1;
-                        }
-                    } else if self.line_len == 0 {
-                        return Scan::Complete(i + 1);
-                    } else {
-                        self.lines += 1;
-                        if self.lines - 1 > self.limits.max_headers {
-                            return Scan::Refused(HeadError::TooManyHeaders);
-                        }
-                    }
-                    self.line_len = 0;
-                }
-                b'\r' => {}
-                _ => {
-                    self.line_len += 1;
-                    if self.lines == 0 {
-                        if let Some(e) = self.request_line_byte(b) {
-                            return Scan::Refused(e);
-                        }
-                    } else if self.line_len > self.limits.max_header_line {
-                        return Scan::Refused(HeadError::LineTooLong);
-                    }
+            if !seg.is_empty() {
+                self.content |= seg.iter().any(|&b| b != b'\r');
+                self.line_len += seg.len();
+                self.last_cr = seg.last() == Some(&b'\r');
+            }
+            if self.lines == 0 {
+                if let Some(e) = self.request_line(seg) {
+                    return Scan::Refused(e);
                 }
             }
+            let Some(at) = newline else {
+                // Mid-line; the +1 allows for the line's closing CR.
+                if self.lines > 0 && self.line_len > self.limits.max_header_line + 1 {
+                    return Scan::Refused(HeadError::LineTooLong);
+                }
+                break;
+            };
+            if self.lines == 0 {
+                // Empty lines before the request line are skipped (RFC 9112 §2.2), but they
+                // still count towards the head size above.
+                if self.content {
+                    self.lines = 1;
+                }
+            } else if !self.content {
+                return Scan::Complete(i + at + 1);
+            } else if self.line_len - usize::from(self.last_cr) > self.limits.max_header_line {
+                return Scan::Refused(HeadError::LineTooLong);
+            } else {
+                self.lines += 1;
+                if self.lines - 1 > self.limits.max_headers {
+                    return Scan::Refused(HeadError::TooManyHeaders);
+                }
+            }
+            self.line_len = 0;
+            self.content = false;
+            self.last_cr = false;
+            i += at + 1;
         }
         Scan::Incomplete
     }
 
-    fn request_line_byte(&mut self, b: u8) -> Option<HeadError> {
-        match (self.request_line, b) {
-            (RequestLine::Method, b' ') => self.request_line = RequestLine::Target,
-            (RequestLine::Target, b' ') if self.target_len > 0 => {
-                self.request_line = RequestLine::Version
-            }
-            (RequestLine::Target, _) => {
-                self.target_len += 1;
-                if self.target_len > self.limits.max_uri_length {
-                    return Some(HeadError::UriTooLong);
+    /// Measures the request target in the next piece of the request line.
+    fn request_line(&mut self, mut seg: &[u8]) -> Option<HeadError> {
+        loop {
+            let space = memchr::memchr(b' ', seg);
+            match (self.part, space) {
+                (RequestLine::Method, Some(p)) => {
+                    self.part = RequestLine::Target;
+                    seg = &seg[p + 1..];
                 }
+                (RequestLine::Target, Some(p)) => {
+                    self.target_len += p;
+                    self.part = RequestLine::Version;
+                    seg = &seg[p + 1..];
+                }
+                (RequestLine::Target, None) => {
+                    self.target_len += seg.len();
+                    break;
+                }
+                _ => break,
             }
-            _ => {}
         }
         // Method and version are short; anything else on the line is padding to refuse.
-        (self.line_len > self.limits.max_uri_length + 64).then_some(HeadError::UriTooLong)
+        (self.target_len > self.limits.max_uri_length
+            || self.line_len > self.limits.max_uri_length + 64)
+            .then_some(HeadError::UriTooLong)
     }
 }
 
@@ -266,6 +293,36 @@ mod tests {
             }
         }
         assert_eq!(done, Some(req.len()));
+    }
+
+    #[test]
+    fn any_split_of_the_input_gives_the_same_answer() {
+        let heads: [&[u8]; 5] = [
+            b"GET /a HTTP/1.1\r\nHost: x\r\nA: 1\r\n\r\nbody",
+            b"\r\nGET /a HTTP/1.1\nA: 12345678901234567890\n\n",
+            b"GET /a HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n",
+            b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: \r\r\r\n\r\n",
+        ];
+        for head in heads {
+            let whole = scan_all(small(), head);
+            for cut in 1..head.len() {
+                let mut s = HeadScanner::new(small());
+                let got = match s.feed(&head[..cut]) {
+                    Scan::Incomplete => match s.feed(&head[cut..]) {
+                        Scan::Complete(n) => Scan::Complete(n + cut),
+                        other => other,
+                    },
+                    other => other,
+                };
+                assert_eq!(
+                    got,
+                    whole,
+                    "{:?} cut at {cut}",
+                    String::from_utf8_lossy(head)
+                );
+            }
+        }
     }
 
     #[test]
