@@ -20,6 +20,9 @@
 #   BENCH_BIN_DIR            where the release binaries are [target/release]
 #   BENCH_OUT                the report [bench/RESULTS.md]
 #   BENCH_KEEP_TMP=1         keep the temporary directory (configs, logs, raw wrk output)
+#   BENCH_BASELINE_BIN       an older portcullis-gateway binary: its public and JWT routes run
+#                            side by side with this one ("before/after" in the report); its
+#                            config is bench/gateway.yaml.in without the `limit:` lines
 #   CARGO [cargo]
 set -euo pipefail
 
@@ -411,6 +414,11 @@ SQLITE_API_KEY=$API_KEY SQLITE_ACCESS=$ACCESS
 # ---------------------------------------------------------------------------------------------
 CASES=(direct nginx nginx_auth_issuer nginx_auth_gateway gw_public gw_one_es256 gw_one_rs256
   gw_many_es256 gw_many_rs256 gw_many_eddsa gw_invalid_es256 gw_rss_es256)
+BASELINE_BIN=${BENCH_BASELINE_BIN:-}
+if [ -n "$BASELINE_BIN" ]; then
+  [ -x "$BASELINE_BIN" ] || die "BENCH_BASELINE_BIN=$BASELINE_BIN is not an executable"
+  CASES+=(gw_public_base gw_one_es256_base)
+fi
 declare -A LABEL=(
   [direct]="direct: wrk → upstream"
   [nginx]="nginx proxy_pass"
@@ -424,19 +432,25 @@ declare -A LABEL=(
   [gw_many_eddsa]="gateway, JWT route, $NTOKENS tokens (every one verified), EdDSA"
   [gw_invalid_es256]="gateway, JWT route, bad-signature tokens (401), ES256"
   [gw_rss_es256]="gateway, JWT route, $NTOKENS tokens all cached, $RSS_CONNS connections, ES256"
+  [gw_public_base]="baseline gateway (BENCH_BASELINE_BIN), public route"
+  [gw_one_es256_base]="baseline gateway (BENCH_BASELINE_BIN), JWT route, 1 token (cache warm), ES256"
 )
 declare -A CMD=()
 
-# start_gateway NAME CACHE_ENTRIES: sets GW_PID GW_PORT GW_ADMIN.
+# start_gateway NAME CACHE_ENTRIES [BINARY]: sets GW_PID GW_PORT GW_ADMIN. A baseline binary
+# gets the config without the `limit:` lines (older gateways do not know them).
 start_gateway() {
-  local name=$1 cache=$2 dir=$TMP/run/$1-gateway
+  local name=$1 cache=$2 bin=${3:-$BIN_DIR/portcullis-gateway} dir=$TMP/run/$1-gateway
   mkdir -p "$dir"
   pick_port GW_PORT
   pick_port GW_ADMIN
   render "$BENCH_DIR/gateway.yaml.in" "$dir/gateway.yaml" WORKERS="$WORKERS" DIR="$dir" \
     PORT="$GW_PORT" ADMIN_PORT="$GW_ADMIN" UPSTREAM_PORT="$UP_PORT" KEYS="$KEYS" \
     CACHE_ENTRIES="$cache"
-  spawn "$name-gateway" "$BIN_DIR/portcullis-gateway" -c "$dir/gateway.yaml"
+  if [ "$bin" != "$BIN_DIR/portcullis-gateway" ]; then
+    sed -i '/limit/d' "$dir/gateway.yaml"
+  fi
+  spawn "$name-gateway" "$bin" -c "$dir/gateway.yaml"
   GW_PID=$SPAWNED
   wait_http "http://127.0.0.1:$GW_ADMIN/readyz" 200 30 ||
     die "gateway ($name) did not become ready: $(tail -n 5 "$TMP/logs/$name-gateway.err")"
@@ -484,6 +498,15 @@ setup_case() {
       MEAS=("$NGX_PID" "$GW_PID") STOP=("$NGX_PID" "$GW_PID") ADMIN=$GW_ADMIN
       URL="http://127.0.0.1:$NGX_PORT/api$UPSTREAM_PATH"
       PROBE=$TOKEN_ES256
+      ;;
+    gw_*_base)
+      start_gateway "$c" "$DEFAULT_CACHE" "$BASELINE_BIN"
+      MEAS=("$GW_PID") STOP=("$GW_PID") ADMIN=$GW_ADMIN
+      URL="http://127.0.0.1:$GW_PORT/api$UPSTREAM_PATH"
+      case $c in
+        gw_public_base) URL="http://127.0.0.1:$GW_PORT/public$UPSTREAM_PATH" ;;
+        gw_one_es256_base) PROBE=$TOKEN_ES256 ;;
+      esac
       ;;
     gw_*)
       case $c in
@@ -1022,6 +1045,23 @@ fi
   echo "| gateway, bad-signature tokens (ES256) ÷ gateway public route | $(calc 'a / b' a="${RPS[gw_invalid_es256]}" b="${RPS[gw_public]}")× |"
   echo "| nginx + auth_request → gateway ÷ nginx + auth_request → issuer | $(calc 'a / b' a="${RPS[nginx_auth_gateway]}" b="${RPS[nginx_auth_issuer]}")× |"
   echo
+  if [ -n "$BASELINE_BIN" ]; then
+    echo "### Before/after: this gateway against a baseline binary"
+    echo
+    echo "The same routes served by \`BENCH_BASELINE_BIN\` ($(basename "$(dirname "$BASELINE_BIN")")/$(basename "$BASELINE_BIN"), \`$("$BASELINE_BIN" --version 2>/dev/null || echo '?')\`),"
+    echo "in the same rounds. This gateway runs with its default edge limits (head bounds, timeouts,"
+    echo "1 MiB bodies, connection cap) and the rate limit of \`bench/gateway.yaml.in\` on both routes."
+    echo
+    echo "| route | this gateway req/s | baseline req/s | ratio | CPU µs/req this / baseline |"
+    echo "|---|---:|---:|---:|---:|"
+    for pair in "public gw_public gw_public_base" "JWT, 1 token, ES256 gw_one_es256 gw_one_es256_base"; do
+      set -- $pair
+      now=${*: -2:1} was=${*: -1}
+      label=${pair% "$now" "$was"}
+      echo "| $label | ${RPS[$now]} | ${RPS[$was]} | $(calc 'a / b' a="${RPS[$now]}" b="${RPS[$was]}")× | ${CPU[$now]} / ${CPU[$was]} |"
+    done
+    echo
+  fi
   echo "### Many tokens: CPU per verification"
   echo
   echo "*extra CPU per verification* = (proxy CPU µs/req of the many-tokens case − proxy CPU µs/req"
