@@ -62,6 +62,11 @@ impl LiveConfig {
                         "listener or server settings changed: they take effect through a graceful upgrade (start the new process with -u, then send SIGQUIT to the old one); routes and upstreams are reloaded now"
                     );
                 }
+                if new.limits.rate_limit_keys != old.limits.rate_limit_keys {
+                    tracing::warn!(
+                        "server.limits.rate_limit_keys changed: the rate-limit tables keep their size until a restart or graceful upgrade; the other limits apply to connections accepted from now on"
+                    );
+                }
                 // Always retarget: this also reopens the file after log rotation.
                 self.access_log.retarget(new.access_log.path.clone());
                 let routes = new.router.routes().len();

@@ -107,6 +107,12 @@ pub fn build(live: Arc<LiveConfig>, flags: ProcessFlags) -> Result<Server, Serve
     let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
     h2.max_header_list_size(cfg.limits.head.max_head_size as u32);
     http.h2_options = Some(h2);
+    // An idle HTTP/2 connection closes like an idle HTTP/1 keep-alive one.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    if !cfg.limits.keepalive_timeout.is_zero() {
+        options.h2_idle_timeout = Some(cfg.limits.keepalive_timeout);
+    }
+    http.server_options = Some(options);
     let mut proxy = Service::new(
         "portcullis-gateway".to_string(),
         EdgeApp::new(http, live.clone()),

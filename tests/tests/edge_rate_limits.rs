@@ -449,3 +449,41 @@ fn limit_config_errors_name_file_and_line() {
     assert_eq!(code, 1, "clashing names accepted:\n{out}");
     assert!(out.contains("a different rule named \"shared\""), "{out}");
 }
+
+/// `SIGHUP` applies changed limits: a route's `limit:` and `server.limits.max_body_size`.
+#[test]
+fn limits_reload_with_sighup() {
+    let dir = tempdir();
+    let key = TestKey::ec_p256().with_kid("k1");
+    let routes = "  - name: r\n    match: {path: {prefix: /r/}}\n    auth: public\n    upstream: app\n    limit:\n      - {key: ip, rate: 1r/m}\n";
+    let (gw, _up) = start(dir.path(), &key, "", routes);
+    assert_eq!(get(&gw, "/r/x", &[]).status, 200);
+    assert_eq!(get(&gw, "/r/x", &[]).status, 429);
+    let post = |len: usize| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let body = "a".repeat(len);
+        raw_request(
+            &mut s,
+            &format!(
+                "POST /r/x HTTP/1.1\r\nHost: gw\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}"
+            ),
+        )
+        .status
+    };
+    let config = std::fs::read_to_string(&gw.config).expect("config");
+    let changed = config
+        .replacen("server:\n", "server:\n  limits:\n    max_body_size: 2k\n", 1)
+        .replace("    limit:\n      - {key: ip, rate: 1r/m}\n", "    limit: []\n");
+    std::fs::write(&gw.config, changed).expect("write config");
+    gw.proc.signal(libc::SIGHUP);
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        metric(&gw, "portcullis_config_reloads_total{result=\"ok\"}") >= 1.0
+    });
+    assert!(reloaded, "no reload:\n{}", gw.proc.stderr_text());
+    for _ in 0..3 {
+        assert_eq!(get(&gw, "/r/x", &[]).status, 200, "the limit is still applied");
+    }
+    assert_eq!(post(2048), 200);
+    assert_eq!(post(2049), 413, "the new body limit is not applied");
+}

@@ -331,3 +331,50 @@ fn verified_upstream_tls_connections_are_not_reused_by_a_group_with_other_trust(
         );
     }
 }
+
+/// The head bounds hold on TLS listeners too: over HTTP/1.1 the connection guard answers 431,
+/// over HTTP/2 the h2 header-list bound (= `server.limits.max_head_size`) refuses the request;
+/// neither reaches the upstream.
+#[test]
+fn head_limits_hold_over_tls_and_http2() {
+    let dir = tempdir();
+    let cert = test_cert(dir.path(), "gw");
+    let up = start_upstream("app", dir.path(), &[]);
+    let tls = free_port();
+    let listeners = format!(
+        "  - address: 127.0.0.1:{tls}\n    tls: {{cert: {c}, key: {k}}}\n",
+        c = cert.cert.display(),
+        k = cert.key.display()
+    );
+    let _gw = start_gateway_listeners(
+        dir.path(),
+        &listeners,
+        &public_route(&format!("[\"127.0.0.1:{}\"]", up.port)),
+        || port_open(tls),
+    );
+    let url = format!("https://localhost:{tls}/public/big");
+    // Five 7 KiB headers: every line is within 8 KiB, the head is over 32 KiB.
+    let big = "b".repeat(7 * 1024);
+    for (http1_only, want) in [(true, reqwest::Version::HTTP_11), (false, reqwest::Version::HTTP_2)] {
+        let client = tls_client(&cert.pem, http1_only);
+        let ok = client.get(&url).send().expect("normal request");
+        assert_eq!((ok.status().as_u16(), ok.version()), (200, want));
+        let mut req = client.get(&url);
+        for i in 0..5 {
+            req = req.header(format!("x-big-{i}"), big.as_str());
+        }
+        match req.send() {
+            Ok(resp) => {
+                assert_eq!(
+                    resp.status().as_u16(),
+                    431,
+                    "{want:?}: a 35 KiB head was answered {}",
+                    resp.status()
+                );
+                assert!(resp.headers().get("x-demo-server").is_none());
+            }
+            // h2 may refuse the stream instead of answering it; never forwarded either way.
+            Err(e) => assert!(!http1_only, "HTTP/1.1 over TLS: no 431 but {e}"),
+        }
+    }
+}
