@@ -448,7 +448,7 @@ start_gateway() {
     PORT="$GW_PORT" ADMIN_PORT="$GW_ADMIN" UPSTREAM_PORT="$UP_PORT" KEYS="$KEYS" \
     CACHE_ENTRIES="$cache"
   if [ "$bin" != "$BIN_DIR/portcullis-gateway" ]; then
-    sed -i '/limit/d' "$dir/gateway.yaml"
+    sed -i -e '/^ *limit:$/{N;d}' -e '/rate limiting/d' "$dir/gateway.yaml"
   fi
   spawn "$name-gateway" "$bin" -c "$dir/gateway.yaml"
   GW_PID=$SPAWNED
