@@ -9,6 +9,7 @@
 #   paths, one measurement each), CG_SMALL [100] and CG_LARGE [900] requests: the cost per
 #   request is (I(large) - I(small)) / (large - small), so start-up and shutdown cancel out
 #   (one connection carries them all: stay below keepalive_requests, 1000 by default).
+# Paths under /api/ carry an ES256 token minted by bench/tokengen (the JWT route, cache warm).
 # Prints one line per binary and path: instructions per request.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,17 +31,24 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+KEYS=$TMP/keys
+cargo build --quiet --release --manifest-path "$ROOT/bench/tokengen/Cargo.toml" --target-dir "$ROOT/target"
+"$ROOT/target/release/tokengen" --out "$KEYS" --iss https://bench.portcullis.test --aud demo \
+  --count 1 --ttl 7200 2>/dev/null
+TOKEN=$(head -n 1 "$KEYS/tokens-ES256.txt")
+
 UP_PORT=$(free_port)
 "$UPSTREAM_BIN" --listen "127.0.0.1:$UP_PORT" --name cg >"$TMP/upstream.log" 2>&1 &
 pids+=($!)
 
 # send PORT PATH N: N keep-alive GETs on one connection, each answer read in full.
 send() {
-  python3 - "$1" "$2" "$3" <<'EOF'
+  python3 - "$1" "$2" "$3" "$TOKEN" <<'EOF'
 import socket, sys
-port, path, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+port, path, n, token = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 s = socket.create_connection(("127.0.0.1", port), timeout=60)
-req = f"GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: callgrind\r\n\r\n".encode()
+auth = f"Authorization: Bearer {token}\r\n" if path.startswith("/api/") else ""
+req = f"GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: callgrind\r\n{auth}\r\n".encode()
 buf = b""
 for _ in range(n):
     s.sendall(req)
@@ -73,7 +81,7 @@ count() {
   port=$(free_port)
   admin=$(free_port)
   sed -e "s#@PORT@#$port#g" -e "s#@ADMIN_PORT@#$admin#g" -e "s#@UPSTREAM_PORT@#$UP_PORT#g" \
-    -e "s#@DIR@#$dir#g" "$CONFIG" >"$dir/gateway.yaml"
+    -e "s#@DIR@#$dir#g" -e "s#@KEYS@#$KEYS#g" "$CONFIG" >"$dir/gateway.yaml"
   valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$bin" -c "$dir/gateway.yaml" \
     >"$dir/gw.log" 2>&1 &
   local vg=$!

@@ -214,11 +214,21 @@ pub fn start_gateway(dir: &Path, body: &str) -> Gateway {
 
 /// Like [`start_gateway`] with extra command-line arguments.
 pub fn start_gateway_with(dir: &Path, body: &str, args: &[&str]) -> Gateway {
+    start_gateway_full(dir, "", body, args)
+}
+
+/// Like [`start_gateway`], with `server_extra` (YAML lines indented by two spaces) added to the
+/// `server:` block, e.g. `"  limits:\n    max_head_size: 4k\n"`.
+pub fn start_gateway_server(dir: &Path, server_extra: &str, body: &str) -> Gateway {
+    start_gateway_full(dir, server_extra, body, &[])
+}
+
+fn start_gateway_full(dir: &Path, server_extra: &str, body: &str, args: &[&str]) -> Gateway {
     let port = free_port();
     let admin_port = free_port();
     let config = dir.join("gateway.yaml");
     let text = format!(
-        "{}listeners:\n  - address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin_port}\n{body}",
+        "{}{server_extra}listeners:\n  - address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin_port}\n{body}",
         server_block(dir)
     );
     std::fs::write(&config, text).expect("write config");
@@ -238,6 +248,29 @@ pub fn start_gateway_with(dir: &Path, body: &str, args: &[&str]) -> Gateway {
         port,
         admin_port,
         config,
+    }
+}
+
+/// Collects the mismatches of a test's many cases, so one run reports all of them.
+#[derive(Default)]
+pub struct Failures(pub Vec<String>);
+
+impl Failures {
+    /// Records `what` under `case` unless `ok`.
+    pub fn check(&mut self, ok: bool, case: &str, what: String) {
+        if !ok {
+            self.0.push(format!("[{case}] {what}"));
+        }
+    }
+
+    /// Panics listing every recorded failure.
+    pub fn assert_none(self) {
+        assert!(
+            self.0.is_empty(),
+            "{} failure(s):\n\n{}",
+            self.0.len(),
+            self.0.join("\n\n")
+        );
     }
 }
 

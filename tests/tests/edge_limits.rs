@@ -71,9 +71,7 @@ fn start(limits: &str, routes: &[String]) -> Env {
 }
 
 fn start_limited(dir: &Path, limits: &str, upstream: u16, routes: &str) -> Gateway {
-    let port = free_port();
-    let admin_port = free_port();
-    let mut server = server_block(dir);
+    let mut server = String::new();
     if !limits.trim().is_empty() {
         server.push_str("  limits:\n");
         for line in limits.lines() {
@@ -82,57 +80,14 @@ fn start_limited(dir: &Path, limits: &str, upstream: u16, routes: &str) -> Gatew
             server.push('\n');
         }
     }
-    let config = dir.join("gateway.yaml");
-    let text = format!(
-        "{server}listeners:\n  - address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin_port}\nupstreams:\n  app:\n    backends: [\"127.0.0.1:{upstream}\"]\nroutes:\n{routes}"
-    );
-    std::fs::write(&config, &text).expect("write gateway.yaml");
-    let config_arg = config.display().to_string();
-    let mut proc = Proc::spawn(
-        "gateway",
-        &bin("portcullis-gateway"),
-        &["-c", config_arg.as_str()],
+    let gw = start_gateway_server(
         dir,
+        &server,
+        &format!("upstreams:\n  app:\n    backends: [\"127.0.0.1:{upstream}\"]\nroutes:\n{routes}"),
     );
-    let ok = wait_for(Duration::from_secs(15), || {
-        port_open(port) && port_open(admin_port)
-    });
-    if !ok {
-        let _ = proc.wait_exit(Duration::from_millis(100));
-        panic!(
-            "gateway did not start with this config:\n{text}\n--- stderr:\n{}",
-            proc.stderr_text()
-        );
-    }
     // Let the gateway notice that the readiness probes went away again.
     std::thread::sleep(Duration::from_millis(200));
-    Gateway {
-        proc,
-        port,
-        admin_port,
-        config,
-    }
-}
-
-/// Collects mismatches of one test's cases.
-#[derive(Default)]
-struct Failures(Vec<String>);
-
-impl Failures {
-    fn check(&mut self, ok: bool, case: &str, what: String) {
-        if !ok {
-            self.0.push(format!("[{case}] {what}"));
-        }
-    }
-
-    fn assert_none(self) {
-        assert!(
-            self.0.is_empty(),
-            "{} failure(s):\n\n{}",
-            self.0.len(),
-            self.0.join("\n\n")
-        );
-    }
+    gw
 }
 
 fn connect(port: u16) -> TcpStream {

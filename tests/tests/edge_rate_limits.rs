@@ -28,35 +28,13 @@ fn start_with(
     // A JWKS file keeps the key's `kid` (a PEM file has none).
     let pem = dir.join("issuer.jwks.json");
     std::fs::write(&pem, jwt::jwks(&[key]).to_string()).expect("write JWKS");
-    let (port, admin_port) = (free_port(), free_port());
-    let config = dir.join("gateway.yaml");
-    let text = format!(
-        "{server_block}{server}listeners:\n  - address: 127.0.0.1:{port}\nadmin:\n  address: 127.0.0.1:{admin_port}\n{extra}access_log:\n  path: {log}\n  format: combined\nissuers:\n  - name: main\n    issuer: {ISS}\n    key_file: {pem}\n    audiences: [demo]\nupstreams:\n  app:\n    backends: [\"127.0.0.1:{up_port}\"]\nroutes:\n{routes}",
-        server_block = server_block(dir),
+    let body = format!(
+        "{extra}access_log:\n  path: {log}\n  format: combined\nissuers:\n  - name: main\n    issuer: {ISS}\n    key_file: {pem}\n    audiences: [demo]\nupstreams:\n  app:\n    backends: [\"127.0.0.1:{up_port}\"]\nroutes:\n{routes}",
         log = dir.join("access.log").display(),
         pem = pem.display(),
         up_port = up.port
     );
-    std::fs::write(&config, text).expect("write config");
-    let config_arg = config.display().to_string();
-    let mut proc = Proc::spawn(
-        "gateway",
-        &bin("portcullis-gateway"),
-        &["-c", &config_arg],
-        dir,
-    );
-    if !wait_for(Duration::from_secs(15), || {
-        port_open(port) && port_open(admin_port)
-    }) {
-        let _ = proc.wait_exit(Duration::from_millis(100));
-        panic!("gateway did not start:\n{}", proc.stderr_text());
-    }
-    let gw = Gateway {
-        proc,
-        port,
-        admin_port,
-        config,
-    };
+    let gw = start_gateway_server(dir, server, &body);
     (gw, up)
 }
 
@@ -473,8 +451,15 @@ fn limits_reload_with_sighup() {
     };
     let config = std::fs::read_to_string(&gw.config).expect("config");
     let changed = config
-        .replacen("server:\n", "server:\n  limits:\n    max_body_size: 2k\n", 1)
-        .replace("    limit:\n      - {key: ip, rate: 1r/m}\n", "    limit: []\n");
+        .replacen(
+            "server:\n",
+            "server:\n  limits:\n    max_body_size: 2k\n",
+            1,
+        )
+        .replace(
+            "    limit:\n      - {key: ip, rate: 1r/m}\n",
+            "    limit: []\n",
+        );
     std::fs::write(&gw.config, changed).expect("write config");
     gw.proc.signal(libc::SIGHUP);
     let reloaded = wait_for(Duration::from_secs(10), || {
@@ -482,7 +467,11 @@ fn limits_reload_with_sighup() {
     });
     assert!(reloaded, "no reload:\n{}", gw.proc.stderr_text());
     for _ in 0..3 {
-        assert_eq!(get(&gw, "/r/x", &[]).status, 200, "the limit is still applied");
+        assert_eq!(
+            get(&gw, "/r/x", &[]).status,
+            200,
+            "the limit is still applied"
+        );
     }
     assert_eq!(post(2048), 200);
     assert_eq!(post(2049), 413, "the new body limit is not applied");

@@ -61,27 +61,6 @@ fn config(dir: &Path, upstream: u16) -> String {
     )
 }
 
-/// Collects mismatches of one test's cases.
-#[derive(Default)]
-struct Failures(Vec<String>);
-
-impl Failures {
-    fn check(&mut self, ok: bool, case: &str, what: String) {
-        if !ok {
-            self.0.push(format!("[{case}] {what}"));
-        }
-    }
-
-    fn assert_none(self) {
-        assert!(
-            self.0.is_empty(),
-            "{} failure(s):\n\n{}",
-            self.0.len(),
-            self.0.join("\n\n")
-        );
-    }
-}
-
 /// The upstream's records once they settled (requests still arriving are waited for).
 fn settled(up: &RecordingUpstream) -> Vec<Recorded> {
     std::thread::sleep(Duration::from_millis(150));

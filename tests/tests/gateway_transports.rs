@@ -355,7 +355,10 @@ fn head_limits_hold_over_tls_and_http2() {
     let url = format!("https://localhost:{tls}/public/big");
     // Five 7 KiB headers: every line is within 8 KiB, the head is over 32 KiB.
     let big = "b".repeat(7 * 1024);
-    for (http1_only, want) in [(true, reqwest::Version::HTTP_11), (false, reqwest::Version::HTTP_2)] {
+    for (http1_only, want) in [
+        (true, reqwest::Version::HTTP_11),
+        (false, reqwest::Version::HTTP_2),
+    ] {
         let client = tls_client(&cert.pem, http1_only);
         let ok = client.get(&url).send().expect("normal request");
         assert_eq!((ok.status().as_u16(), ok.version()), (200, want));
