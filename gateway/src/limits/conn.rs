@@ -4,9 +4,9 @@
 //! Pingora 0.9 reads a request head into a buffer that may grow to 1 MiB and times reads
 //! one at a time (and not at all between keep-alive requests), so neither the memory a
 //! client can pin nor the time it can hold a connection is bounded. [`EdgeApp`] wraps every
-//! accepted stream in a [`GuardedStream`] that counts head bytes as they arrive, hands
-//! Pingora at most `max_head_size` of them, answers 414/431/408 itself, and closes idle
-//! keep-alive connections. The proxy tells the guard when a request is over
+//! accepted stream in a [`GuardedStream`] that counts head bytes as they arrive, holds at
+//! most `max_head_size` of a head, hands Pingora only complete heads, answers 414/431/408
+//! itself, and closes idle keep-alive connections. The proxy tells the guard when a request is over
 //! ([`request_finished`]), which re-arms it for the next head.
 
 use std::fmt;
