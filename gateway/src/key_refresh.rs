@@ -27,12 +27,14 @@ impl KeyRefresher {
 fn publish(live: &LiveConfig, keys: &IssuerKeys) {
     let s = keys.stats();
     let m = &live.metrics;
-    m.jwks_fetches
-        .with_label_values(&[keys.name(), "ok"])
-        .set(s.fetches_ok as i64);
-    m.jwks_fetches
-        .with_label_values(&[keys.name(), "error"])
-        .set(s.fetches_failed as i64);
+    // The key cache counts its fetches; the counters follow it (never backwards: a cache that
+    // a reload replaced starts again from zero).
+    for (result, total) in [("ok", s.fetches_ok), ("error", s.fetches_failed)] {
+        let counter = m.jwks_fetches.with_label_values(&[keys.name(), result]);
+        if total > counter.get() {
+            counter.inc_by(total - counter.get());
+        }
+    }
     m.jwks_age
         .with_label_values(&[keys.name()])
         .set(s.seconds_since_success.map(|a| a as i64).unwrap_or(-1));

@@ -27,7 +27,7 @@ pub struct Metrics {
     /// Verified-token cache lookups by result (`hit`, `miss`).
     pub token_cache: IntCounterVec,
     /// JWKS fetches by issuer and result.
-    pub jwks_fetches: IntGaugeVec,
+    pub jwks_fetches: IntCounterVec,
     /// Seconds since each issuer's last successful JWKS fetch (-1: never).
     pub jwks_age: IntGaugeVec,
     /// Keys held per issuer.
@@ -94,6 +94,10 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(active_requests.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
+        // Both series exist from the start, so a rate over them works before any reload.
+        for result in ["ok", "error"] {
+            reloads.with_label_values(&[result]);
+        }
         registry.register(Box::new(backend_up.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
         let auth = IntCounterVec::new(
@@ -107,7 +111,7 @@ impl Metrics {
             ),
             &["result"],
         )?;
-        let jwks_fetches = IntGaugeVec::new(
+        let jwks_fetches = IntCounterVec::new(
             Opts::new(
                 "portcullis_jwks_fetches_total",
                 "JWKS fetches by issuer and result",
@@ -189,5 +193,30 @@ impl crate::verify::VerifyObserver for Metrics {
         self.token_cache
             .with_label_values(&[if hit { "hit" } else { "miss" }])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_typed_as_counters_and_reloads_exist_from_the_start() {
+        let m = Metrics::new().unwrap();
+        m.jwks_fetches.with_label_values(&["main", "ok"]).inc();
+        let page = String::from_utf8(m.render()).unwrap();
+        for name in [
+            "portcullis_jwks_fetches_total",
+            "portcullis_config_reloads_total",
+            "portcullis_requests_total",
+        ] {
+            assert!(
+                page.contains(&format!("# TYPE {name} counter")) || !page.contains(name),
+                "{name} is not typed counter:\n{page}"
+            );
+        }
+        assert!(page.contains("portcullis_jwks_fetches_total{issuer=\"main\",result=\"ok\"} 1"));
+        assert!(page.contains("portcullis_config_reloads_total{result=\"ok\"} 0"));
+        assert!(page.contains("portcullis_config_reloads_total{result=\"error\"} 0"));
     }
 }
