@@ -171,23 +171,14 @@ pub struct IssuerConfig {
     pub sms: Option<crate::sms::config::SmsConfig>,
 }
 
-/// Parses `10s`, `15m`, `2h`, `7d` (or plain seconds).
+/// The duration grammar both services share (`10s`, `15m`, `2h`, `7d`), in whole seconds:
+/// token and session times are counted in seconds, so `1500ms` would silently lose half a second.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: use e.g. 10s, 15m, 7d"))?;
-    let secs = match unit.trim() {
-        "" | "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        "d" => n.checked_mul(86_400),
-        other => return Err(format!("invalid duration unit {other:?}: use s, m, h or d")),
+    let d = portcullis_common::units::parse_duration(s)?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("{:?}: use whole seconds", s.trim()));
     }
-    .ok_or_else(|| format!("duration {s:?} is too large"))?;
-    Ok(Duration::from_secs(secs))
+    Ok(d)
 }
 
 impl IssuerConfig {
@@ -401,6 +392,15 @@ impl IssuerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issuer_durations_are_whole_seconds() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("2000ms"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("1500ms")
+            .unwrap_err()
+            .contains("whole seconds"));
+    }
 
     #[test]
     fn defaults_and_errors() {

@@ -397,7 +397,7 @@ pub struct HeaderOpsFile {
     pub remove: Vec<Spanned<String>>,
 }
 
-/// A duration as written (`250ms`, `5s`, `2m`, `1h`, or a bare number of seconds); parsed by
+/// A duration as written (`250ms`, `5s`, `2m`, `1h`, `7d`, or a bare number of seconds); parsed by
 /// the compiler so that errors can name the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DurationValue(pub String);
@@ -427,7 +427,7 @@ impl Visitor<'_> for ScalarText {
 
 impl<'de> Deserialize<'de> for DurationValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ScalarText("a duration such as 250ms, 5s, 2m or 1h"))
+        d.deserialize_any(ScalarText("a duration such as 250ms, 5s, 2m, 1h or 7d"))
             .map(DurationValue)
     }
 }
@@ -439,68 +439,4 @@ impl<'de> Deserialize<'de> for SizeValue {
     }
 }
 
-/// Parses `250ms`, `5s`, `2m`, `1h` (or a bare number of seconds).
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 5s, 2m, 1h"))?;
-    let ms = match unit.trim() {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
-            ))
-        }
-    }
-    .ok_or_else(|| format!("duration {s:?} is too large"))?;
-    Ok(std::time::Duration::from_millis(ms))
-}
-
-/// Parses `512`, `64k`, `10m`, `1g` (case-insensitive, powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected e.g. 512, 64k, 10m, 1g"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1 << 10,
-        "m" | "mb" => 1 << 20,
-        "g" | "gb" => 1 << 30,
-        other => {
-            return Err(format!(
-                "invalid size unit {other:?} in {s:?}: use k, m or g"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn durations_and_sizes() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("ms").is_err());
-        assert_eq!(parse_size("64k"), Ok(65536));
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
-        assert!(parse_size("1t").is_err());
-        assert!(parse_size("99999999999999999999g").is_err());
-    }
-}
+pub use portcullis_common::units::{parse_duration, parse_size};
