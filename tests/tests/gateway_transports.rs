@@ -46,6 +46,22 @@ fn public_route(backends: &str) -> String {
     )
 }
 
+/// A TLS listener entry on `port` with `cert` (HTTP/2 offered through ALPN when `http2`).
+fn tls_listener(cert: &TestCert, port: u16, http2: bool) -> String {
+    format!(
+        "  - address: 127.0.0.1:{port}\n    tls: {{cert: {}, key: {}{}}}\n",
+        cert.cert.display(),
+        cert.key.display(),
+        if http2 { "" } else { ", http2: false" }
+    )
+}
+
+/// A gateway with `listeners` and one public route `/public/` to `up`.
+fn start_public(dir: &Path, listeners: &str, up: &Upstream, ready: impl FnMut() -> bool) -> Proc {
+    let route = public_route(&format!("[\"127.0.0.1:{}\"]", up.port));
+    start_gateway_listeners(dir, listeners, &route, ready)
+}
+
 /// A reqwest client over rustls that trusts exactly `pem` (plus the platform roots).
 fn tls_client(pem: &str, http1_only: bool) -> reqwest::blocking::Client {
     let mut b = reqwest::blocking::Client::builder()
@@ -68,16 +84,13 @@ fn downstream_tls_listener_serves_http1_and_http2_via_alpn() {
     let h2 = free_port();
     let h1 = free_port();
     let listeners = format!(
-        "  - address: 127.0.0.1:{plain}\n  - address: 127.0.0.1:{h2}\n    tls: {{cert: {c}, key: {k}}}\n  - address: 127.0.0.1:{h1}\n    tls: {{cert: {c}, key: {k}, http2: false}}\n",
-        c = cert.cert.display(),
-        k = cert.key.display()
+        "  - address: 127.0.0.1:{plain}\n{}{}",
+        tls_listener(&cert, h2, true),
+        tls_listener(&cert, h1, false)
     );
-    let _gw = start_gateway_listeners(
-        dir.path(),
-        &listeners,
-        &public_route(&format!("[\"127.0.0.1:{}\"]", up.port)),
-        || port_open(plain) && port_open(h2) && port_open(h1),
-    );
+    let _gw = start_public(dir.path(), &listeners, &up, || {
+        port_open(plain) && port_open(h2) && port_open(h1)
+    });
 
     // Default TLS listener: ALPN offers h2, so a client that speaks it gets HTTP/2.
     let client = tls_client(&cert.pem, false);
@@ -341,17 +354,9 @@ fn head_limits_hold_over_tls_and_http2() {
     let cert = test_cert(dir.path(), "gw");
     let up = start_upstream("app", dir.path(), &[]);
     let tls = free_port();
-    let listeners = format!(
-        "  - address: 127.0.0.1:{tls}\n    tls: {{cert: {c}, key: {k}}}\n",
-        c = cert.cert.display(),
-        k = cert.key.display()
-    );
-    let _gw = start_gateway_listeners(
-        dir.path(),
-        &listeners,
-        &public_route(&format!("[\"127.0.0.1:{}\"]", up.port)),
-        || port_open(tls),
-    );
+    let _gw = start_public(dir.path(), &tls_listener(&cert, tls, true), &up, || {
+        port_open(tls)
+    });
     let url = format!("https://localhost:{tls}/public/big");
     // Five 7 KiB headers: every line is within 8 KiB, the head is over 32 KiB.
     let big = "b".repeat(7 * 1024);

@@ -489,9 +489,7 @@ pub(crate) fn request_started(session: &mut Session, limits: &EdgeLimits) {
 /// A request whose body was not read to the end closes its connection instead: those bytes
 /// must never be taken for a head, and reading them is work for a client we refused.
 pub(crate) fn request_finished(session: &mut Session) {
-    if guard(session).is_none() {
-        return;
-    }
+    // A no-op on HTTP/2, whose streams end on their own.
     if !session.is_body_done() {
         session.set_keepalive(None);
     }

@@ -8,6 +8,7 @@
 //! such header, no token on an `optional` route) is not counted by that rule, as nginx does
 //! with an empty key.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -233,26 +234,11 @@ fn refusal(rule: &LimitRule, retry_after: Duration, remaining: u32) -> Refusal {
     }
 }
 
-/// A key's bytes, borrowed where possible.
-enum KeyBytes<'a> {
-    Borrowed(&'a [u8]),
-    Owned(Vec<u8>),
-}
-
-impl AsRef<[u8]> for KeyBytes<'_> {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            KeyBytes::Borrowed(b) => b,
-            KeyBytes::Owned(v) => v,
-        }
-    }
-}
-
 fn key_bytes<'a>(
     key: &LimitKey,
     req: &'a Request<'_>,
     claims: Option<&'a Map<String, Value>>,
-) -> Option<KeyBytes<'a>> {
+) -> Option<Cow<'a, [u8]>> {
     let token = req.identity.map(|i| &i.token);
     // Identity keys are scoped by issuer: two issuers may hand out the same `sub`.
     let scoped = |v: &str| {
@@ -261,15 +247,15 @@ fn key_bytes<'a>(
         out.extend_from_slice(issuer.as_bytes());
         out.push(0);
         out.extend_from_slice(v.as_bytes());
-        KeyBytes::Owned(out)
+        Cow::Owned(out)
     };
     match key {
-        LimitKey::Ip => req.client_ip.map(|ip| KeyBytes::Borrowed(ip.as_bytes())),
+        LimitKey::Ip => req.client_ip.map(|ip| Cow::Borrowed(ip.as_bytes())),
         LimitKey::Header(name) => req
             .headers
             .get(name)
             .filter(|v| !v.is_empty())
-            .map(|v| KeyBytes::Borrowed(v.as_bytes())),
+            .map(|v| Cow::Borrowed(v.as_bytes())),
         LimitKey::Subject => token?.subject().map(scoped),
         LimitKey::Session => token?.session().map(scoped),
         LimitKey::Client => {
