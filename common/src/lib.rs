@@ -1,4 +1,6 @@
-//! Config plumbing the gateway and the issuer share, so that their YAML files read alike:
-//! one grammar for durations and one for sizes.
+//! Config plumbing the gateway and the issuer share, so that their YAML files and their
+//! errors read alike: one grammar for durations and sizes, one config-error shape, one clock.
 
+pub mod config;
+pub mod time;
 pub mod units;

@@ -50,10 +50,7 @@ pub struct TokenPair {
     pub refresh_token: String,
 }
 
-/// Seconds since the epoch.
-pub fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
+pub use portcullis_common::time::unix_now as now;
 
 /// Claims a caller can never set through metadata: they are the token's meaning.
 pub const RESERVED_CLAIMS: [&str; 14] = [

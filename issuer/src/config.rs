@@ -6,40 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
-use thiserror::Error;
 
-/// A configuration problem, located as precisely as possible.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        /// The file.
-        file: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A problem at a known place.
-    #[error("{file}:{line}:{column}: {message}")]
-    At {
-        /// The file.
-        file: String,
-        /// Line.
-        line: u64,
-        /// Column.
-        column: u64,
-        /// What is wrong, starting with the key.
-        message: String,
-    },
-    /// A problem with the whole file.
-    #[error("{file}: {message}")]
-    File {
-        /// The file.
-        file: String,
-        /// What is wrong.
-        message: String,
-    },
-}
+pub use portcullis_common::config::ConfigError;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,39 +153,9 @@ impl IssuerConfig {
     /// Reads and validates the file.
     pub fn load(path: &Path) -> Result<IssuerConfig, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        let f: FileFormat = if text.trim().is_empty() {
-            FileFormat::default()
-        } else {
-            serde_saphyr::from_str(&text).map_err(|e| {
-                let mut message = e.without_snippet().to_string();
-                if let Some(i) = message.rfind(" at line ") {
-                    message.truncate(i);
-                }
-                match e.location() {
-                    Some(l) => ConfigError::At {
-                        file: file.clone(),
-                        line: l.line(),
-                        column: l.column(),
-                        message,
-                    },
-                    None => ConfigError::File {
-                        file: file.clone(),
-                        message,
-                    },
-                }
-            })?
-        };
+        let f: FileFormat = portcullis_common::config::read_yaml(path)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let at = |s: &Spanned<String>, message: String| ConfigError::At {
-            file: file.clone(),
-            line: s.referenced.line(),
-            column: s.referenced.column(),
-            message,
-        };
+        let at = |s: &Spanned<String>, message: String| ConfigError::at(&file, s, message);
         let addr = |v: &Option<Spanned<String>>,
                     key: &str,
                     default: &str|

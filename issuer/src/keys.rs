@@ -4,6 +4,7 @@
 //! A new key is published (state `next`) for `publish_lead` before it signs, so gateways have
 //! fetched it by then; a retired key stays published until every token it signed has expired.
 
+use portcullis_common::time::unix_now as now;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -52,10 +53,6 @@ pub struct KeyRing {
     alg: KeyAlg,
     publish_lead: i64,
     retire_after: i64,
-}
-
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 impl KeyRing {

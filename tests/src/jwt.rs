@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -39,13 +39,7 @@ pub fn b64url_decode(text: &str) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("bad base64url {text:?}: {e}"))
 }
 
-/// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
+pub use portcullis_common::time::unix_now as now;
 
 /// `n` random bytes from the system RNG.
 pub fn random_bytes(n: usize) -> Vec<u8> {

@@ -20,7 +20,6 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 use serde_saphyr::Spanned;
-use thiserror::Error;
 
 use crate::headers::{Cidr, HeaderOps, IdentityPrefix, ProxyTrust};
 use crate::jwks::IssuerKeys;
@@ -38,38 +37,7 @@ use file::{
     UpstreamFile,
 };
 
-/// A configuration problem, located as precisely as we can.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// A file could not be read.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        /// The file.
-        file: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A problem at a known place.
-    #[error("{file}:{line}:{column}: {message}")]
-    At {
-        /// The file.
-        file: String,
-        /// 1-based line.
-        line: u64,
-        /// 1-based column.
-        column: u64,
-        /// What is wrong, starting with the key.
-        message: String,
-    },
-    /// A problem with a whole file.
-    #[error("{file}: {message}")]
-    File {
-        /// The file.
-        file: String,
-        /// What is wrong.
-        message: String,
-    },
-}
+pub use portcullis_common::config::ConfigError;
 
 /// Settings that only a restart or graceful upgrade can change.
 #[derive(Debug, Clone, PartialEq)]
@@ -282,41 +250,8 @@ impl Source {
 fn read_yaml<T: serde::de::DeserializeOwned + Default>(
     path: &Path,
 ) -> Result<(Source, T), ConfigError> {
+    let value = portcullis_common::config::read_yaml::<T>(path)?;
     let name: Arc<str> = path.display().to_string().into();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: name.to_string(),
-        source,
-    })?;
-    let value = if text.trim().is_empty() {
-        T::default()
-    } else {
-        serde_saphyr::from_str::<T>(&text).map_err(|e| {
-            let inner = e.without_snippet();
-            let mut message = inner.to_string();
-            // The library prefixes its own "line N column M:"; we print the location ourselves.
-            if let Some(rest) = message.strip_prefix("error: ") {
-                message = rest.to_string();
-            }
-            if let Some(idx) = message.find(": ").filter(|_| message.starts_with("line ")) {
-                message = message[idx + 2..].to_string();
-            }
-            if let Some(idx) = message.rfind(" at line ") {
-                message.truncate(idx);
-            }
-            match e.location() {
-                Some(l) => ConfigError::At {
-                    file: name.to_string(),
-                    line: l.line(),
-                    column: l.column(),
-                    message,
-                },
-                None => ConfigError::File {
-                    file: name.to_string(),
-                    message,
-                },
-            }
-        })?
-    };
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok((Source { name, dir }, value))
 }
