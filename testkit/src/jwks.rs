@@ -118,7 +118,7 @@ impl JwksServer {
         let thread_state = state.clone();
         let thread =
             crate::spawn_server_thread(format!("jwks-server-{}", addr.port()), move || {
-                server::run(listener, addr, thread_state, stop_rx)
+                server::run(listener.into(), addr, thread_state, stop_rx)
             });
         JwksServer {
             addr,
@@ -137,7 +137,7 @@ impl JwksServer {
         let (addr, state) = (self.addr, self.state.clone());
         let thread =
             crate::spawn_server_thread(format!("jwks-server-{}-unix", addr.port()), move || {
-                server::run_unix(listener, addr, state, stop_rx)
+                server::run(listener.into(), addr, state, stop_rx)
             });
         self.loops.push((stop_tx, thread));
     }
@@ -396,22 +396,15 @@ mod server {
         })
     }
 
+    /// Serves on a TCP or Unix listener; `addr` is the TCP address the discovery document
+    /// names.
     pub(super) async fn run(
-        listener: std::net::TcpListener,
+        listener: crate::FakeListener,
         addr: SocketAddr,
         state: Arc<Mutex<ServerState>>,
         stop: tokio::sync::oneshot::Receiver<()>,
     ) {
         crate::serve_http1(listener, stop, move |req| handle(req, addr, state.clone())).await
-    }
-
-    pub(super) async fn run_unix(
-        listener: std::os::unix::net::UnixListener,
-        addr: SocketAddr,
-        state: Arc<Mutex<ServerState>>,
-        stop: tokio::sync::oneshot::Receiver<()>,
-    ) {
-        crate::serve_http1_unix(listener, stop, move |req| handle(req, addr, state.clone())).await
     }
 
     async fn handle(

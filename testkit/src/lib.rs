@@ -75,58 +75,71 @@ where
 pub type FakeResponse<B = http_body_util::Full<hyper::body::Bytes>> =
     Result<hyper::Response<B>, std::io::Error>;
 
-/// Serves HTTP/1.1 on `listener`, each request answered by `handle`, until `stop` fires: the
-/// accept loop of the fake servers (run it with [`spawn_server_thread`]).
+/// A listener the fake servers accept on: TCP or a Unix socket (both std, non-blocking).
+pub enum FakeListener {
+    /// TCP, normally on 127.0.0.1.
+    Tcp(std::net::TcpListener),
+    /// A Unix socket.
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl From<std::net::TcpListener> for FakeListener {
+    fn from(l: std::net::TcpListener) -> Self {
+        FakeListener::Tcp(l)
+    }
+}
+
+impl From<std::os::unix::net::UnixListener> for FakeListener {
+    fn from(l: std::os::unix::net::UnixListener) -> Self {
+        FakeListener::Unix(l)
+    }
+}
+
+/// An accepted connection of either kind.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+enum TokioListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl TokioListener {
+    async fn accept(&self) -> std::io::Result<Box<dyn Io>> {
+        Ok(match self {
+            TokioListener::Tcp(l) => Box::new(l.accept().await?.0),
+            TokioListener::Unix(l) => Box::new(l.accept().await?.0),
+        })
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` (a std TCP or Unix listener), each request answered by
+/// `handle`, until `stop` fires: the accept loop of the fake servers (run it with
+/// [`spawn_server_thread`]).
 pub async fn serve_http1<H, Fut, B>(
-    listener: std::net::TcpListener,
-    stop: tokio::sync::oneshot::Receiver<()>,
-    handle: H,
-) where
-    H: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = FakeResponse<B>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-    serve_loop(stop, handle, || listener.accept()).await
-}
-
-/// [`serve_http1`] on a Unix socket.
-pub async fn serve_http1_unix<H, Fut, B>(
-    listener: std::os::unix::net::UnixListener,
-    stop: tokio::sync::oneshot::Receiver<()>,
-    handle: H,
-) where
-    H: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = FakeResponse<B>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let listener = tokio::net::UnixListener::from_std(listener).expect("tokio listener");
-    serve_loop(stop, handle, || listener.accept()).await
-}
-
-async fn serve_loop<H, Fut, B, S, Peer, A, AFut>(
+    listener: impl Into<FakeListener>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     handle: H,
-    accept: A,
 ) where
     H: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = FakeResponse<B>> + Send + 'static,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    A: Fn() -> AFut,
-    AFut: std::future::Future<Output = std::io::Result<(S, Peer)>>,
 {
+    let listener = match listener.into() {
+        FakeListener::Tcp(l) => {
+            TokioListener::Tcp(tokio::net::TcpListener::from_std(l).expect("tokio listener"))
+        }
+        FakeListener::Unix(l) => {
+            TokioListener::Unix(tokio::net::UnixListener::from_std(l).expect("tokio listener"))
+        }
+    };
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            accepted = accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            accepted = listener.accept() => {
+                let Ok(stream) = accepted else { continue };
                 let handle = handle.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(handle);
