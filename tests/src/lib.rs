@@ -1,14 +1,24 @@
 //! Harness for end-to-end tests: start the real binaries on loopback, talk to them with real
 //! clients (reqwest, raw sockets), and stop everything when a test ends — even on panic.
+//!
+//! The fakes, test keys, JWKS server and PostgreSQL harness come from `portcullis-testkit`
+//! (shared with the gateway's and the issuer's unit tests) and are re-exported here under
+//! their old paths.
 
 pub mod fake_twilio;
 pub mod issuer;
-pub mod jwt;
-pub mod recording_upstream;
-pub mod smtp_sink;
+
+/// Test keys, token minting and the JWKS server ([`portcullis_testkit::jwt`] and
+/// [`portcullis_testkit::jwks`]).
+pub mod jwt {
+    pub use portcullis_testkit::jwks::*;
+    pub use portcullis_testkit::jwt::*;
+}
+
+pub use portcullis_testkit::{free_port, port_open, recording_upstream, smtp_sink, wait_for};
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,31 +45,6 @@ pub fn bin(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Waits until `cond` holds or `timeout` passes; returns whether it held.
-pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    cond()
-}
-
-/// Whether something accepts TCP connections on the port.
-pub fn port_open(port: u16) -> bool {
-    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
@@ -444,56 +429,4 @@ pub fn tempdir() -> tempfile::TempDir {
         .prefix("portcullis-e2e-")
         .tempdir()
         .expect("tempdir")
-}
-
-/// Runs a fake server on a thread of its own with a single-threaded tokio runtime: `serve`
-/// builds the server's future on that thread. Dropping the runtime when the future ends
-/// cancels the connection tasks and closes their sockets.
-pub fn spawn_server_thread<F, Fut>(name: String, serve: F) -> std::thread::JoinHandle<()>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap_or_else(|e| panic!("{name}: tokio runtime: {e}"));
-            rt.block_on(serve());
-        })
-        .expect("spawn a fake server's thread")
-}
-
-/// What a fake server's handler answers.
-pub type FakeResponse =
-    Result<hyper::Response<http_body_util::Full<hyper::body::Bytes>>, std::io::Error>;
-
-/// Serves HTTP/1.1 on `listener`, each request answered by `handle`, until `stop` fires: the
-/// accept loop of the suites' fake servers (run it with [`spawn_server_thread`]).
-pub async fn serve_http1<H, Fut>(
-    listener: std::net::TcpListener,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-    handle: H,
-) where
-    H: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = FakeResponse> + Send + 'static,
-{
-    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let handle = handle.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(handle);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        }
-    }
 }

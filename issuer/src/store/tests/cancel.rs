@@ -8,7 +8,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::{api_key, new_session, new_user, pg, NOW};
+use portcullis_testkit::postgres::Postgres;
+
+use super::{api_key, new_session, new_user, NOW};
 use crate::store::{Backend, Store};
 
 /// Concurrent clients during the storm.
@@ -250,7 +252,7 @@ async fn store_cancelled_writes_sqlite_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_cancelled_writes_postgres() {
-    let Some(url) = pg::database_url().await else {
+    let Some(url) = Postgres::database_url_async().await else {
         println!("SKIPPED: no PostgreSQL");
         return;
     };

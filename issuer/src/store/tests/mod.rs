@@ -1,15 +1,16 @@
 //! Store tests. Every scenario runs on three backends: in-memory SQLite, a SQLite file (a
-//! real multi-connection pool with WAL), and a throwaway PostgreSQL (skipped, with a note,
-//! when PostgreSQL is not installed).
+//! real multi-connection pool with WAL), and a throwaway PostgreSQL (the test kit's harness:
+//! one cluster per test process, a fresh database per test; skipped, with a note, when
+//! PostgreSQL is not installed).
 
 mod cancel;
 mod group;
-mod pg;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use portcullis_testkit::postgres::Postgres;
 use serde_json::json;
 
 use super::*;
@@ -18,6 +19,12 @@ const NOW: i64 = 1_700_000_000;
 
 async fn memory_store() -> Store {
     Store::connect("sqlite::memory:").await.expect("connect")
+}
+
+/// A store on a fresh PostgreSQL database, or `None` without PostgreSQL.
+async fn postgres_store() -> Option<Store> {
+    let url = Postgres::database_url_async().await?;
+    Some(Store::connect(&url).await.expect("connect store"))
 }
 
 macro_rules! backend_tests {
@@ -45,7 +52,7 @@ macro_rules! backend_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    match super::pg::store().await {
+                    match super::postgres_store().await {
                         Some(store) => super::$name(store).await,
                         None => println!("SKIPPED: no PostgreSQL"),
                     }
@@ -1286,7 +1293,7 @@ async fn store_sqlite_synchronous_follows_the_option() {
 
 #[tokio::test]
 async fn store_postgres_survives_reconnect_and_concurrent_migrations() {
-    let Some(url) = pg::database_url().await else {
+    let Some(url) = Postgres::database_url_async().await else {
         println!("SKIPPED: no PostgreSQL");
         return;
     };
