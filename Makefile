@@ -11,7 +11,7 @@ deps:
 build: deps
 	$(CARGO) build --workspace --bins --examples
 
-## Start the demo upstream and the gateway on 127.0.0.1 (Ctrl-C stops both).
+## Start the demo upstream, the issuer and the gateway on 127.0.0.1 (Ctrl-C stops them all).
 run: build
 	@scripts/install-deps.sh jq
 	@scripts/run.sh
