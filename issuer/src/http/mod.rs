@@ -187,3 +187,20 @@ pub async fn json_413(req: axum::extract::Request, next: axum::middleware::Next)
 /// Requests larger than this are refused with 413 before parsing (rewritten to an
 /// [`ErrorBody`] by [`json_413`]).
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// The public API with its body limit, JSON 413 and request log: what the public listener
+/// serves (wrap with `into_make_service_with_connect_info::<SocketAddr>`).
+pub fn public_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
+    public::router(app)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(axum::middleware::from_fn(json_413))
+        .layer(axum::middleware::from_fn(crate::metrics::request_log))
+}
+
+/// The admin API with the same layers as [`public_app`]: what the admin listener serves.
+pub fn admin_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
+    admin::router(app)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(axum::middleware::from_fn(json_413))
+        .layer(axum::middleware::from_fn(crate::metrics::request_log))
+}

@@ -6,7 +6,6 @@
 //! (`http/sms.rs`) only parses requests and shapes answers.
 
 pub mod codes;
-pub mod config;
 pub mod log;
 pub mod phone;
 pub mod provider;
@@ -16,7 +15,7 @@ pub mod webhook;
 
 use std::sync::Arc;
 
-use config::{ProviderConfig, SmsConfig};
+use crate::config::sms::{ProviderConfig, SmsConfig};
 use provider::{OutgoingSms, SmsProvider};
 
 use crate::app::{now, App};

@@ -14,7 +14,7 @@ use jsonwebtoken::DecodingKey;
 use sha2::{Digest, Sha256};
 
 use crate::crypto::jwt::Signer;
-use crate::crypto::keys::{self as material, KeyAlg};
+use crate::crypto::keypair::{self as material, KeyAlg};
 use crate::store::{SigningKey, Store};
 
 /// Why key handling failed.
