@@ -5,15 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde_json::{json, Value};
-
 use crate::config::IssuerConfig;
 use crate::crypto::keypair::KeyAlg;
 use crate::crypto::password::PasswordParams;
 use crate::crypto::secrets;
 use crate::signing_keys::{KeyError, KeyRing};
-use crate::store::{Session, Store, StoreError, StoreOptions, User};
+use crate::store::{Store, StoreError, StoreOptions};
 
 /// Everything handlers need.
 pub struct App {
@@ -39,39 +36,8 @@ pub struct App {
     pub sms: Option<crate::sms::SmsLogin>,
 }
 
-/// What every successful login returns.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TokenPair {
-    /// The access JWT.
-    pub access_token: String,
-    /// Always `Bearer`.
-    #[schema(example = "Bearer")]
-    pub token_type: &'static str,
-    /// Seconds until the access token expires.
-    pub expires_in: u64,
-    /// The opaque refresh token.
-    pub refresh_token: String,
-}
-
+/// Seconds since the Unix epoch (the one clock of the issuer).
 pub use portcullis_common::time::unix_now as now;
-
-/// Claims a caller can never set through metadata: they are the token's meaning.
-pub const RESERVED_CLAIMS: [&str; 14] = [
-    "iss",
-    "sub",
-    "aud",
-    "exp",
-    "iat",
-    "nbf",
-    "jti",
-    "sid",
-    "scope",
-    "roles",
-    "amr",
-    "auth_time",
-    "typ",
-    "azp",
-];
 
 /// Why the service could not be built from its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -230,81 +196,5 @@ impl App {
                 }
             }
         });
-    }
-    /// Mints an access token for `user` in `session`.
-    pub fn access_token(
-        &self,
-        user: &User,
-        session: &Session,
-        scopes: &[String],
-        roles: &[String],
-    ) -> Result<String, crate::crypto::CryptoError> {
-        let now = now();
-        let aud: Value = if self.cfg.audiences.len() == 1 {
-            json!(self.cfg.audiences[0])
-        } else {
-            json!(self.cfg.audiences)
-        };
-        let mut claims = serde_json::Map::new();
-        // Extra per-user claims first, so the registered ones below always win.
-        if let Value::Object(extra) = &user.app_metadata {
-            for (k, v) in extra {
-                if !RESERVED_CLAIMS.contains(&k.as_str()) {
-                    claims.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        let registered = json!({
-            "iss": self.cfg.issuer,
-            "sub": user.id,
-            "aud": aud,
-            "exp": now + self.cfg.access_ttl.as_secs() as i64,
-            "iat": now,
-            "nbf": now,
-            "jti": secrets::random_id(),
-            "sid": session.id,
-            "scope": scopes.join(" "),
-            "roles": roles,
-            "amr": session.amr,
-            "auth_time": session.created_at,
-        });
-        if let Value::Object(r) = registered {
-            claims.extend(r);
-        }
-        self.keys.view().signer.sign(&Value::Object(claims))
-    }
-
-    /// Starts a session for `user` authenticated by `amr` and returns the token pair.
-    pub async fn login(
-        &self,
-        user: &User,
-        amr: &str,
-        scopes: &[String],
-        roles: &[String],
-    ) -> Result<TokenPair, crate::http::ApiError> {
-        let t = now();
-        let session = Session {
-            id: secrets::random_id(),
-            user_id: user.id.clone(),
-            amr: vec![amr.to_string()],
-            scopes: scopes.to_vec(),
-            roles: roles.to_vec(),
-            created_at: t,
-            last_used_at: t,
-            expires_at: t + self.cfg.session_lifetime.as_secs() as i64,
-            revoked_at: None,
-            revoked_reason: None,
-        };
-        let refresh = secrets::random_token();
-        self.store
-            .create_session(&session, &secrets::hash_token(&refresh))
-            .await?;
-        let access_token = self.access_token(user, &session, scopes, roles)?;
-        Ok(TokenPair {
-            access_token,
-            token_type: "Bearer",
-            expires_in: self.cfg.access_ttl.as_secs(),
-            refresh_token: refresh,
-        })
     }
 }

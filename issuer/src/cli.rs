@@ -6,12 +6,20 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
-use portcullis_issuer::app::App;
+use portcullis_issuer::accounts::{self, AccountError, NewAccount};
+use portcullis_issuer::app::{now, App};
+use portcullis_issuer::auth::api_key::{self, NewApiKey};
 use portcullis_issuer::config::IssuerConfig;
-use portcullis_issuer::crypto::password;
 use portcullis_issuer::crypto::secrets;
-use portcullis_issuer::http;
-use portcullis_issuer::store::{NewUser, Store};
+use portcullis_issuer::store::Store;
+
+/// An account error as the CLI reports it (a policy refusal says which rule).
+fn account_error(e: AccountError) -> anyhow::Error {
+    match e {
+        AccountError::WeakPassword(p) => anyhow::anyhow!("password rejected: {p:?}"),
+        e => e.into(),
+    }
+}
 
 /// Portcullis issuer: logins, access tokens, rotating refresh tokens, JWKS.
 #[derive(Parser)]
@@ -134,25 +142,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         Some(p) => p,
                         None => bail!("give --password or PORTCULLIS_PASSWORD"),
                     };
-                    if let Err(p) =
-                        password::check_policy(&pw, app.cfg.password_min, app.cfg.password_max)
-                    {
-                        bail!("password rejected: {p:?}");
-                    }
-                    let hash = password::hash(&pw, &app.password)?;
-                    let user = app
-                        .store
-                        .create_user(&NewUser {
-                            email: email.map(|e| e.to_lowercase()),
-                            username: username.map(|u| u.to_lowercase()),
-                            phone: None,
-                            password_hash: Some(hash),
-                            roles: list(&roles),
-                            app_metadata: serde_json::json!({}),
-                            user_metadata: serde_json::json!({}),
-                            anonymous: false,
-                        })
-                        .await?;
+                    let new = NewAccount {
+                        email,
+                        username,
+                        password: Some(pw),
+                        roles: list(&roles),
+                        ..NewAccount::default()
+                    };
+                    let user = accounts::create(&app, new).await.map_err(account_error)?;
                     println!("{}", user.id);
                 }
                 UsersCmd::List => {
@@ -167,23 +164,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 UsersCmd::SetPassword { id, password: pw } => {
-                    if let Err(p) =
-                        password::check_policy(&pw, app.cfg.password_min, app.cfg.password_max)
-                    {
-                        bail!("password rejected: {p:?}");
-                    }
-                    let mut u = app.store.get_user(&id).await?;
-                    u.password_hash = Some(password::hash(&pw, &app.password)?);
-                    app.store.update_user(&u).await?;
-                    app.store
-                        .revoke_user_sessions(&id, portcullis_issuer::app::now(), "password_reset")
-                        .await?;
+                    accounts::set_password(&app, &id, pw)
+                        .await
+                        .map_err(account_error)?;
                     println!("password set; sessions revoked");
                 }
                 UsersCmd::SetRoles { id, roles } => {
-                    let mut u = app.store.get_user(&id).await?;
-                    u.roles = list(&roles);
-                    app.store.update_user(&u).await?;
+                    let u = accounts::set_roles(&app, &id, list(&roles)).await?;
                     println!("roles: {}", u.roles.join(","));
                 }
             }
@@ -199,16 +186,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     roles,
                     expires_in,
                 } => {
-                    let (key, secret) = http::admin::new_api_key(
-                        &app,
-                        &subject,
-                        &name,
-                        list(&scopes),
-                        list(&roles),
+                    let new = NewApiKey {
+                        subject: &subject,
+                        name: &name,
+                        scopes: list(&scopes),
+                        roles: list(&roles),
                         expires_in,
-                    )
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{}", e.description))?;
+                    };
+                    let (key, secret) = api_key::create(&app, new).await?;
                     println!(
                         "id:      {}\napi key: {secret}\n(the key is shown once)",
                         key.id
@@ -232,9 +217,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 ApiKeysCmd::Revoke { id } => {
-                    app.store
-                        .revoke_api_key(&id, portcullis_issuer::app::now())
-                        .await?;
+                    app.store.revoke_api_key(&id, now()).await?;
                     println!("revoked");
                 }
             }
@@ -274,31 +257,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ("admin@example.com", &admin_pw, vec!["admin".to_string()]),
                 ("user@example.com", &user_pw, vec![]),
             ] {
-                let hash = password::hash(pw, &app.password)?;
-                app.store
-                    .create_user(&NewUser {
-                        email: Some(email.into()),
-                        username: None,
-                        phone: None,
-                        password_hash: Some(hash),
-                        roles,
-                        app_metadata: serde_json::json!({}),
-                        user_metadata: serde_json::json!({}),
-                        anonymous: false,
-                    })
-                    .await?;
+                let new = NewAccount {
+                    email: Some(email.into()),
+                    password: Some(pw.clone()),
+                    roles,
+                    ..NewAccount::default()
+                };
+                accounts::create(&app, new).await.map_err(account_error)?;
                 out.push_str(&format!("{email} password: {pw}\n"));
             }
-            let (_, key) = http::admin::new_api_key(
-                &app,
-                "demo-service",
-                "demo",
-                vec!["orders:read".into()],
-                vec!["service".into()],
-                None,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.description))?;
+            let new = NewApiKey {
+                subject: "demo-service",
+                name: "demo",
+                scopes: vec!["orders:read".into()],
+                roles: vec!["service".into()],
+                expires_in: None,
+            };
+            let (_, key) = api_key::create(&app, new).await?;
             out.push_str(&format!("demo API key: {key}\n"));
             std::fs::write(app.cfg.secrets_dir.join("demo.txt"), &out)?;
             print!("{out}");

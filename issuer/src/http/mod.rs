@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod email;
+mod errors;
 pub mod oauth;
 pub mod openapi;
 pub mod public;
@@ -143,6 +144,16 @@ pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Resu
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+/// The client address: the gateway's `X-Real-IP` when the peer is local, else the peer.
+pub fn client_ip(peer: std::net::SocketAddr, headers: &HeaderMap) -> String {
+    if peer.ip().is_loopback() {
+        if let Some(ip) = headers.get("x-real-ip").and_then(|v| v.to_str().ok()) {
+            return ip.to_string();
+        }
+    }
+    peer.ip().to_string()
 }
 
 /// The bearer token of a request, if any.
