@@ -235,3 +235,43 @@ pub async fn set_password(app: &App, id: &str, pw: String) -> Result<(), Account
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_trimmed_lower_cased_and_checked() {
+        assert_eq!(
+            normalize_email("  Bob@Example.COM\n").ok().as_deref(),
+            Some("bob@example.com")
+        );
+        for bad in [
+            "",
+            "bob",
+            "@example.com",
+            "bob@localhost",
+            "b ob@example.com",
+            "a@b\u{7}.c",
+        ] {
+            assert!(
+                matches!(normalize_email(bad), Err(AccountError::InvalidEmail)),
+                "{bad:?}"
+            );
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(normalize_email(&long).is_err());
+    }
+
+    #[test]
+    fn policy_refusals_say_which_rule() {
+        assert_eq!(
+            AccountError::WeakPassword(PasswordProblem::TooShort { min: 8 }).to_string(),
+            "the password must have at least 8 characters"
+        );
+        assert_eq!(
+            AccountError::WeakPassword(PasswordProblem::Common).to_string(),
+            "this password is too common; choose another"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::{Parser, Subcommand};
 use portcullis_issuer::accounts::{self, AccountError, NewAccount};
-use portcullis_issuer::app::{now, App};
+use portcullis_issuer::app::App;
 use portcullis_issuer::auth::api_key::{self, NewApiKey};
 use portcullis_issuer::config::IssuerConfig;
 use portcullis_issuer::crypto::secrets;
@@ -217,7 +217,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 ApiKeysCmd::Revoke { id } => {
-                    app.store.revoke_api_key(&id, now()).await?;
+                    api_key::revoke(&app, &id).await?;
                     println!("revoked");
                 }
             }

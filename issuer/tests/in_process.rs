@@ -100,7 +100,10 @@ async fn cli_account_creation_waits_for_a_hashing_slot() {
         accounts::create(&app, new).await
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!pending.is_finished(), "the CLI hashed without a hashing slot");
+    assert!(
+        !pending.is_finished(),
+        "the CLI hashed without a hashing slot"
+    );
     drop(permit);
     let user = pending.await.expect("join").expect("created");
     assert_eq!(user.email.as_deref(), Some("cli@example.com"));

@@ -428,7 +428,10 @@ fn signup(b: Backend) {
     let spaced = "x'); drop table users;--@example.com";
     let r = iss.admin_post("/admin/users", &json!({"email": spaced, "password": PW}));
     assert_eq!(r.status, 400, "{}", r.text);
-    assert_eq!(r.json()["error_description"], "`email` is not a valid address");
+    assert_eq!(
+        r.json()["error_description"],
+        "`email` is not a valid address"
+    );
     let by_admin = "y');drop/**/table/**/users;--@example.com";
     let u = iss.create_user(by_admin, PW, &[]);
     assert_eq!(u["email"], by_admin);

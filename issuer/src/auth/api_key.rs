@@ -87,3 +87,8 @@ pub async fn grant(app: &App, key: &str) -> Result<TokenPair, AuthError> {
     };
     sessions::start(app, &user, "key", &record.scopes, &record.roles).await
 }
+
+/// Revokes an API key by id (`NotFound` when there is none).
+pub async fn revoke(app: &App, id: &str) -> Result<(), AuthError> {
+    Ok(app.store.revoke_api_key(id, now()).await?)
+}

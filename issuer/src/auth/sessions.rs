@@ -274,3 +274,16 @@ pub async fn revoke_token(app: &App, token: &str) -> Result<(), AuthError> {
     }
     Ok(())
 }
+
+/// Revokes one session by id with `reason` (`NotFound` when there is none).
+pub async fn revoke(app: &App, sid: &str, reason: &str) -> Result<(), AuthError> {
+    Ok(app.store.revoke_session(sid, now(), reason).await?)
+}
+
+/// Revokes every session of a subject with `reason` (none is not an error); returns how many.
+pub async fn revoke_all(app: &App, user_id: &str, reason: &str) -> Result<u64, AuthError> {
+    Ok(app
+        .store
+        .revoke_user_sessions(user_id, now(), reason)
+        .await?)
+}

@@ -21,9 +21,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::public::{user_json, UserView};
 use super::{bearer, json_body, ApiError, ErrorBody};
 use crate::accounts::{self, AccountChanges, AccountError, NewAccount};
-use crate::app::{now, App};
+use crate::app::App;
+use crate::auth;
 use crate::auth::api_key::NewApiKey;
-use crate::auth::{self};
 use crate::crypto::secrets;
 use crate::store::ApiKey;
 use crate::tokens;
@@ -535,7 +535,7 @@ async fn revoke_user_sessions(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.store.revoke_user_sessions(&id, now(), "admin").await?;
+    auth::sessions::revoke_all(&app, &id, "admin").await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -558,7 +558,7 @@ async fn revoke_session(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.store.revoke_session(&id, now(), "admin").await?;
+    auth::sessions::revoke(&app, &id, "admin").await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -674,7 +674,7 @@ async fn revoke_api_key(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.store.revoke_api_key(&id, now()).await?;
+    auth::api_key::revoke(&app, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,9 +1,11 @@
 //! Passwordless sign-in by SMS one-time code: number parsing ([`phone`]), codes ([`codes`]),
 //! providers behind one trait ([`provider`]: [`twilio`], [`webhook`], [`log`]), Twilio's
-//! callback signatures ([`signature`]) and the `sms:` configuration ([`config`]).
+//! callback signatures ([`signature`]); the `sms:` configuration is in
+//! [`crate::config::sms`].
 //!
-//! [`SmsLogin`] holds the logic of `POST /v1/auth/sms/start` and `/verify`; the HTTP layer
-//! (`http/sms.rs`) only parses requests and shapes answers.
+//! [`SmsLogin`] holds the logic of `POST /v1/auth/sms/start` and `/verify` (the session a
+//! verified code opens is started by `auth/sms.rs`); the HTTP layer (`http/sms.rs`)
+//! only parses requests and shapes answers.
 
 pub mod codes;
 pub mod log;
