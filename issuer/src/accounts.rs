@@ -236,6 +236,21 @@ pub async fn set_password(app: &App, id: &str, pw: String) -> Result<(), Account
     Ok(())
 }
 
+/// One account by id (`NotFound` when there is none).
+pub async fn get(app: &App, id: &str) -> Result<User, AccountError> {
+    Ok(app.store.get_user(id).await?)
+}
+
+/// A page of accounts, oldest first.
+pub async fn list(app: &App, limit: i64, offset: i64) -> Result<Vec<User>, AccountError> {
+    Ok(app.store.list_users(limit, offset).await?)
+}
+
+/// Deletes an account with its sessions, refresh tokens and the API keys bound to it.
+pub async fn delete(app: &App, id: &str) -> Result<(), AccountError> {
+    Ok(app.store.delete_user(id).await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use portcullis_issuer::app::App;
 use portcullis_issuer::auth::api_key::{self, NewApiKey};
 use portcullis_issuer::config::IssuerConfig;
 use portcullis_issuer::crypto::secrets;
+use portcullis_issuer::signing_keys;
 use portcullis_issuer::store::Store;
 
 /// An account error as the CLI reports it (a policy refusal says which rule).
@@ -153,7 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", user.id);
                 }
                 UsersCmd::List => {
-                    for u in app.store.list_users(10_000, 0).await? {
+                    for u in accounts::list(&app, 10_000, 0).await? {
                         println!(
                             "{}\t{}\t{}\t{}",
                             u.id,
@@ -200,7 +201,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
                 ApiKeysCmd::List => {
-                    for k in app.store.list_api_keys(None).await? {
+                    for k in api_key::list(&app, None).await? {
                         let state = if k.revoked_at.is_some() {
                             "revoked"
                         } else {
@@ -227,7 +228,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = App::build(cfg).await?;
             match cmd {
                 KeysCmd::List => {
-                    for k in app.store.list_signing_keys().await? {
+                    for k in signing_keys::list(&app.store).await? {
                         println!(
                             "{}\t{}\t{}\tactivates_at={}",
                             k.kid, k.alg, k.state, k.activates_at
@@ -246,7 +247,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::DemoSeed) => {
             let app = App::build(cfg).await?;
-            if !app.store.list_users(1, 0).await?.is_empty() {
+            if !accounts::list(&app, 1, 0).await?.is_empty() {
                 println!("demo data already present (see data/secrets/demo.txt)");
                 return Ok(());
             }

@@ -170,6 +170,12 @@ impl KeyRing {
     }
 }
 
+/// Every stored signing key, as the database has it now (the admin API and the CLI list these:
+/// another replica may have changed them since this one's view was built).
+pub async fn list(store: &Store) -> Result<Vec<SigningKey>, crate::store::StoreError> {
+    store.list_signing_keys().await
+}
+
 async fn build_view(store: &Store, kek: Option<&[u8]>) -> Result<KeyView, KeyError> {
     let keys = store.list_signing_keys().await?;
     let active = keys

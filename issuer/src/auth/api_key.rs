@@ -92,3 +92,8 @@ pub async fn grant(app: &App, key: &str) -> Result<TokenPair, AuthError> {
 pub async fn revoke(app: &App, id: &str) -> Result<(), AuthError> {
     Ok(app.store.revoke_api_key(id, now()).await?)
 }
+
+/// The API keys (all, or those bound to `subject`), never their secrets.
+pub async fn list(app: &App, subject: Option<&str>) -> Result<Vec<ApiKey>, AuthError> {
+    Ok(app.store.list_api_keys(subject).await?)
+}

@@ -287,3 +287,8 @@ pub async fn revoke_all(app: &App, user_id: &str, reason: &str) -> Result<u64, A
         .revoke_user_sessions(user_id, now(), reason)
         .await?)
 }
+
+/// A subject's sessions, revoked ones included.
+pub async fn list(app: &App, user_id: &str) -> Result<Vec<Session>, AuthError> {
+    Ok(app.store.list_sessions(user_id).await?)
+}

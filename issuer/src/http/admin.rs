@@ -26,7 +26,7 @@ use crate::auth;
 use crate::auth::api_key::NewApiKey;
 use crate::crypto::secrets;
 use crate::store::ApiKey;
-use crate::tokens;
+use crate::{signing_keys, tokens};
 
 /// The admin router.
 pub fn router(app: Arc<App>) -> Router {
@@ -276,13 +276,12 @@ async fn list_users(
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let p: Page = query(q)?;
-    let users = app
-        .store
-        .list_users(
-            p.limit.unwrap_or(100).clamp(1, 1000),
-            p.offset.unwrap_or(0).max(0),
-        )
-        .await?;
+    let users = accounts::list(
+        &app,
+        p.limit.unwrap_or(100).clamp(1, 1000),
+        p.offset.unwrap_or(0).max(0),
+    )
+    .await?;
     Ok(Json(
         json!({"users": users.iter().map(user_json).collect::<Vec<_>>()}),
     ))
@@ -374,7 +373,7 @@ async fn get_user(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(user_json(&app.store.get_user(&id).await?)))
+    Ok(Json(user_json(&accounts::get(&app, &id).await?)))
 }
 
 /// Changes to a user; absent fields are left alone.
@@ -487,7 +486,7 @@ async fn delete_user(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.store.delete_user(&id).await?;
+    accounts::delete(&app, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -509,7 +508,7 @@ async fn list_sessions(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let sessions = app.store.list_sessions(&id).await?;
+    let sessions = auth::sessions::list(&app, &id).await?;
     Ok(Json(json!({"sessions": sessions.iter().map(|s| json!({
         "id": s.id, "user_id": s.user_id, "amr": s.amr, "created_at": s.created_at,
         "last_used_at": s.last_used_at, "expires_at": s.expires_at,
@@ -649,7 +648,7 @@ async fn list_api_keys(
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let f: KeyFilter = query(q)?;
-    let keys = app.store.list_api_keys(f.subject.as_deref()).await?;
+    let keys = auth::api_key::list(&app, f.subject.as_deref()).await?;
     Ok(Json(
         json!({"api_keys": keys.iter().map(api_key_json).collect::<Vec<_>>()}),
     ))
@@ -692,7 +691,7 @@ async fn revoke_api_key(
     )
 )]
 async fn list_keys(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
-    let keys = app.store.list_signing_keys().await?;
+    let keys = signing_keys::list(&app.store).await?;
     Ok(Json(json!({"keys": keys.iter().map(|k| json!({
         "kid": k.kid, "alg": k.alg, "state": k.state, "created_at": k.created_at,
         "activates_at": k.activates_at, "retired_at": k.retired_at, "remove_after": k.remove_after,
