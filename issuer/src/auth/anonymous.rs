@@ -9,7 +9,7 @@ use crate::app::App;
 use crate::store::NewUser;
 
 /// Creates an anonymous user and logs it in (when anonymous sign-in is enabled).
-pub async fn sign_in(app: &App) -> Result<TokenPair, AuthError> {
+pub(crate) async fn sign_in(app: &App) -> Result<TokenPair, AuthError> {
     if !app.cfg.anonymous_enabled {
         return Err(AuthError::Disabled("anonymous sign-in is disabled"));
     }

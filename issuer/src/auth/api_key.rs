@@ -50,7 +50,7 @@ pub async fn create(app: &App, new: NewApiKey<'_>) -> Result<(ApiKey, String), A
 
 /// The stored key for `key` when it is well-formed, matches (constant-time), and is neither
 /// revoked nor expired.
-pub async fn find_valid(app: &App, key: &str) -> Result<Option<ApiKey>, StoreError> {
+pub(crate) async fn find_valid(app: &App, key: &str) -> Result<Option<ApiKey>, StoreError> {
     let Some((prefix, full)) = secrets::parse_api_key(key) else {
         return Ok(None);
     };
@@ -65,7 +65,7 @@ pub async fn find_valid(app: &App, key: &str) -> Result<Option<ApiKey>, StoreErr
 }
 
 /// Exchanges an API key for a token pair bound to the key's subject, scopes and roles.
-pub async fn grant(app: &App, key: &str) -> Result<TokenPair, AuthError> {
+pub(crate) async fn grant(app: &App, key: &str) -> Result<TokenPair, AuthError> {
     let invalid = || AuthError::InvalidClient("unknown, revoked or expired API key");
     let record = find_valid(app, key).await?.ok_or_else(invalid)?;
     // last_used_at is for humans (admin listings): refreshed at most once a minute, so a

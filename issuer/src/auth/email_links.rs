@@ -24,7 +24,7 @@ const LIMIT_WINDOW: i64 = 3_600;
 const MAX_TOKEN_LEN: usize = 256;
 
 /// Refuses when the email flows are off (handlers check this before reading the body).
-pub fn enabled(app: &App) -> Result<(), AuthError> {
+pub(crate) fn enabled(app: &App) -> Result<(), AuthError> {
     if app.cfg.email.enabled {
         Ok(())
     } else {
@@ -46,7 +46,7 @@ async fn limit(app: &App, key: LimitKey<'_>, max: i64) -> Result<(), AuthError> 
 
 /// Issues a `kind` link for `user_id` and mails it to `email`, in the background: a failure is
 /// logged and counted, never reported to the client.
-pub fn send(app: &Arc<App>, kind: MailKind, user_id: String, email: String) {
+pub(crate) fn send(app: &Arc<App>, kind: MailKind, user_id: String, email: String) {
     let app = app.clone();
     tokio::spawn(async move { deliver(&app, kind, &user_id, &email).await });
 }
@@ -93,7 +93,7 @@ async fn deliver(app: &App, kind: MailKind, user_id: &str, email: &str) {
 /// Confirms an email address with the token of a confirmation link: a new account's address,
 /// or the new address of an email change, which then replaces the old one. Returns the
 /// address and when it was confirmed.
-pub async fn confirm(app: &App, token: &str) -> Result<(String, i64), AuthError> {
+pub(crate) async fn confirm(app: &App, token: &str) -> Result<(String, i64), AuthError> {
     enabled(app)?;
     if token.len() > MAX_TOKEN_LEN {
         return Err(AuthError::LinkRefused(LinkRefusal::Unknown));
@@ -143,7 +143,7 @@ pub async fn confirm(app: &App, token: &str) -> Result<(String, i64), AuthError>
 
 /// Mails a new confirmation link to the caller's unconfirmed address (older links stop
 /// working); the caller is named by a bearer access token.
-pub async fn resend(app: &Arc<App>, bearer: Option<&str>) -> Result<(), AuthError> {
+pub(crate) async fn resend(app: &Arc<App>, bearer: Option<&str>) -> Result<(), AuthError> {
     enabled(app)?;
     let (user, _) = sessions::caller(app, bearer).await?;
     let Some(email) = user.email.clone() else {
@@ -168,7 +168,7 @@ pub async fn resend(app: &Arc<App>, bearer: Option<&str>) -> Result<(), AuthErro
 ///
 /// The outcome is the same whether or not it does, and is decided before anything is looked
 /// up, so neither the answer nor its timing tells which addresses have accounts.
-pub async fn forgot(app: &Arc<App>, email: &str, ip: &str) -> Result<(), AuthError> {
+pub(crate) async fn forgot(app: &Arc<App>, email: &str, ip: &str) -> Result<(), AuthError> {
     enabled(app)?;
     let email = accounts::normalize_email(email)?;
     // Counted for unknown addresses too, so a 429 says nothing about existence either.
@@ -193,7 +193,11 @@ pub async fn forgot(app: &Arc<App>, email: &str, ip: &str) -> Result<(), AuthErr
 }
 
 /// Sets a new password with the token of a reset link, and signs the account out everywhere.
-pub async fn reset(app: &Arc<App>, token: &str, new_password: String) -> Result<(), AuthError> {
+pub(crate) async fn reset(
+    app: &Arc<App>,
+    token: &str,
+    new_password: String,
+) -> Result<(), AuthError> {
     enabled(app)?;
     if token.len() > MAX_TOKEN_LEN {
         return Err(AuthError::LinkRefused(LinkRefusal::Unknown));

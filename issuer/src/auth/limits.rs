@@ -7,7 +7,7 @@ use crate::store::{Store, StoreError};
 
 /// One counter of the `limits` table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LimitKey<'a> {
+pub(crate) enum LimitKey<'a> {
     /// Failed password logins for one login (normalised email or username).
     PasswordFailAccount(&'a str),
     /// Failed password logins from one client address.
@@ -49,7 +49,7 @@ impl fmt::Display for LimitKey<'_> {
 
 /// Counts one hit on `key` in the fixed window of `window` seconds holding `now`; returns the
 /// window's count so far.
-pub async fn hit(
+pub(crate) async fn hit(
     store: &Store,
     key: LimitKey<'_>,
     window: i64,
@@ -59,7 +59,7 @@ pub async fn hit(
 }
 
 /// The count of `key` in the window holding `now`, without counting.
-pub async fn peek(
+pub(crate) async fn peek(
     store: &Store,
     key: LimitKey<'_>,
     window: i64,
@@ -69,12 +69,12 @@ pub async fn peek(
 }
 
 /// Clears `key` (a success resets a failure budget).
-pub async fn reset(store: &Store, key: LimitKey<'_>) -> Result<(), StoreError> {
+pub(crate) async fn reset(store: &Store, key: LimitKey<'_>) -> Result<(), StoreError> {
     store.reset_limit(&key.to_string()).await
 }
 
 /// Seconds until the fixed window of `len` seconds containing `now` ends.
-pub fn window_left(len: i64, now: i64) -> i64 {
+pub(crate) fn window_left(len: i64, now: i64) -> i64 {
     len - now.rem_euclid(len)
 }
 

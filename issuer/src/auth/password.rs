@@ -30,7 +30,12 @@ async fn locked_out(
 
 /// Checks a login (email or username) and a password, with lock-out and constant-time
 /// behaviour for unknown users, and starts a session (`amr: ["pwd"]`).
-pub async fn grant(app: &App, login: &str, pw: String, ip: &str) -> Result<TokenPair, AuthError> {
+pub(crate) async fn grant(
+    app: &App,
+    login: &str,
+    pw: String,
+    ip: &str,
+) -> Result<TokenPair, AuthError> {
     let login = accounts::normalize_login(login);
     if login.is_empty() || pw.is_empty() || pw.chars().count() > app.cfg.password_max {
         return Err(AuthError::BadRequest("missing or oversized credentials"));
@@ -95,7 +100,7 @@ pub async fn grant(app: &App, login: &str, pw: String, ip: &str) -> Result<Token
 }
 
 /// Refuses when sign-up is off (the handler checks this before reading the body).
-pub fn signup_enabled(app: &App) -> Result<(), AuthError> {
+pub(crate) fn signup_enabled(app: &App) -> Result<(), AuthError> {
     if app.cfg.signup_enabled {
         Ok(())
     } else {
@@ -104,7 +109,7 @@ pub fn signup_enabled(app: &App) -> Result<(), AuthError> {
 }
 
 /// A sign-up request.
-pub struct SignUp {
+pub(crate) struct SignUp {
     /// Email address (trimmed, lower-cased, checked).
     pub email: String,
     /// Password, checked against the policy.
@@ -117,7 +122,10 @@ pub struct SignUp {
 
 /// Creates an account (when sign-up is enabled) and logs it in; with the email flows on, a
 /// confirmation link is mailed in the background (a delivery failure changes nothing).
-pub async fn sign_up(app: &std::sync::Arc<App>, req: SignUp) -> Result<TokenPair, AuthError> {
+pub(crate) async fn sign_up(
+    app: &std::sync::Arc<App>,
+    req: SignUp,
+) -> Result<TokenPair, AuthError> {
     signup_enabled(app)?;
     let email = accounts::normalize_email(&req.email)?;
     accounts::check_password(app, &req.password)?;

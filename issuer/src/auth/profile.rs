@@ -13,7 +13,7 @@ use crate::store::{StoreError, User};
 
 /// Changes to the caller's account; `None` leaves a field alone.
 #[derive(Debug, Default)]
-pub struct ProfileChanges {
+pub(crate) struct ProfileChanges {
     /// New email address.
     pub email: Option<String>,
     /// New password, checked against the policy.
@@ -29,7 +29,7 @@ pub struct ProfileChanges {
 /// With the email flows on, a new address replaces an existing one only once confirmed by the
 /// link mailed to it; a first address is set at once, unconfirmed, and a link mailed to it. An
 /// anonymous user that gains an email and a password becomes a regular account, same id.
-pub async fn update(
+pub(crate) async fn update(
     app: &Arc<App>,
     mut user: User,
     changes: ProfileChanges,

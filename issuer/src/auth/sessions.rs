@@ -29,7 +29,7 @@ pub struct TokenPair {
 const MAX_REFRESH_LEN: usize = 256;
 
 /// Starts a session for `user` authenticated by `amr` and returns the token pair.
-pub async fn start(
+pub(crate) async fn start(
     app: &App,
     user: &User,
     amr: &str,
@@ -82,7 +82,7 @@ pub(crate) fn service_user(subject: &str) -> User {
 }
 
 /// Rotates a refresh token: the answer carries a new pair; the old refresh token is spent.
-pub async fn refresh(app: &App, presented: &str) -> Result<TokenPair, AuthError> {
+pub(crate) async fn refresh(app: &App, presented: &str) -> Result<TokenPair, AuthError> {
     if presented.len() > MAX_REFRESH_LEN {
         return Err(AuthError::InvalidGrant("unknown refresh token"));
     }
@@ -144,13 +144,13 @@ pub async fn refresh(app: &App, presented: &str) -> Result<TokenPair, AuthError>
 }
 
 /// Whether session `sid` exists and is not revoked (a database error counts as not alive).
-pub async fn is_alive(app: &App, sid: &str) -> bool {
+pub(crate) async fn is_alive(app: &App, sid: &str) -> bool {
     matches!(app.store.get_session(sid).await, Ok(s) if s.revoked_at.is_none())
 }
 
 /// The caller's user and token claims, from a bearer access token whose session is still
 /// active and whose account is enabled.
-pub async fn caller(app: &App, bearer: Option<&str>) -> Result<(User, Value), AuthError> {
+pub(crate) async fn caller(app: &App, bearer: Option<&str>) -> Result<(User, Value), AuthError> {
     let token = bearer.ok_or(AuthError::InvalidToken("a bearer access token is required"))?;
     let claims = tokens::verify(app, token)?;
     let active = match app.store.get_session(tokens::session_id(&claims)).await {
@@ -177,7 +177,7 @@ pub async fn caller(app: &App, bearer: Option<&str>) -> Result<(User, Value), Au
 }
 
 /// What names the session to end at logout.
-pub enum LogoutBy<'a> {
+pub(crate) enum LogoutBy<'a> {
     /// A bearer access token (must be valid).
     AccessToken(&'a str),
     /// A refresh token (an unknown one ends nothing, silently).
@@ -185,7 +185,7 @@ pub enum LogoutBy<'a> {
 }
 
 /// Ends a session (reason `logout`); an unknown refresh token or session is not an error.
-pub async fn logout(app: &App, by: LogoutBy<'_>) -> Result<(), AuthError> {
+pub(crate) async fn logout(app: &App, by: LogoutBy<'_>) -> Result<(), AuthError> {
     let session_id = match by {
         LogoutBy::AccessToken(token) => {
             tokens::session_id(&tokens::verify(app, token)?).to_string()
@@ -209,7 +209,7 @@ pub async fn logout(app: &App, by: LogoutBy<'_>) -> Result<(), AuthError> {
 }
 
 /// What introspection found (RFC 7662).
-pub enum Introspection {
+pub(crate) enum Introspection {
     /// Invalid, unknown, spent, or its session is over.
     Inactive,
     /// A valid access token of a live session: its claims.
@@ -224,7 +224,7 @@ pub enum Introspection {
 }
 
 /// Introspects an access token or a refresh token.
-pub async fn introspect(app: &App, token: &str) -> Result<Introspection, AuthError> {
+pub(crate) async fn introspect(app: &App, token: &str) -> Result<Introspection, AuthError> {
     // An access token: signature, expiry, and its session still alive.
     if let Ok(claims) = tokens::verify(app, token) {
         if !is_alive(app, tokens::session_id(&claims)).await {
@@ -254,7 +254,7 @@ pub async fn introspect(app: &App, token: &str) -> Result<Introspection, AuthErr
 
 /// Revokes the whole session of an access token or a refresh token (RFC 7009, reason
 /// `revoked`); unknown tokens are not an error.
-pub async fn revoke_token(app: &App, token: &str) -> Result<(), AuthError> {
+pub(crate) async fn revoke_token(app: &App, token: &str) -> Result<(), AuthError> {
     let session = match tokens::verify(app, token) {
         Ok(claims) => claims
             .get("sid")
@@ -276,12 +276,12 @@ pub async fn revoke_token(app: &App, token: &str) -> Result<(), AuthError> {
 }
 
 /// Revokes one session by id with `reason` (`NotFound` when there is none).
-pub async fn revoke(app: &App, sid: &str, reason: &str) -> Result<(), AuthError> {
+pub(crate) async fn revoke(app: &App, sid: &str, reason: &str) -> Result<(), AuthError> {
     Ok(app.store.revoke_session(sid, now(), reason).await?)
 }
 
 /// Revokes every session of a subject with `reason` (none is not an error); returns how many.
-pub async fn revoke_all(app: &App, user_id: &str, reason: &str) -> Result<u64, AuthError> {
+pub(crate) async fn revoke_all(app: &App, user_id: &str, reason: &str) -> Result<u64, AuthError> {
     Ok(app
         .store
         .revoke_user_sessions(user_id, now(), reason)
@@ -289,6 +289,6 @@ pub async fn revoke_all(app: &App, user_id: &str, reason: &str) -> Result<u64, A
 }
 
 /// A subject's sessions, revoked ones included.
-pub async fn list(app: &App, user_id: &str) -> Result<Vec<Session>, AuthError> {
+pub(crate) async fn list(app: &App, user_id: &str) -> Result<Vec<Session>, AuthError> {
     Ok(app.store.list_sessions(user_id).await?)
 }

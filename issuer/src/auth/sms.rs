@@ -8,7 +8,7 @@ use crate::sms::{SmsLogin, VerifyError};
 
 /// Checks an SMS code for a number and logs its account in (created on first verification
 /// when `sms.signup` is on).
-pub async fn verify_and_login(
+pub(crate) async fn verify_and_login(
     app: &App,
     sms: &SmsLogin,
     phone: &str,
