@@ -1,16 +1,16 @@
-//! Shared service state and the operations every login ends with: create a session, mint an
-//! access token, hand out a refresh token.
+//! The service state every handler, service and CLI command shares, how it is built from the
+//! configuration ([`App::build`]), and its background maintenance tasks.
 
+use std::path::Path;
 use std::sync::Arc;
-
-use serde::Serialize;
-use serde_json::{json, Value};
+use std::time::Duration;
 
 use crate::config::IssuerConfig;
+use crate::crypto::keypair::KeyAlg;
 use crate::crypto::password::PasswordParams;
 use crate::crypto::secrets;
-use crate::keys::KeyRing;
-use crate::store::{Session, Store, User};
+use crate::signing_keys::{KeyError, KeyRing};
+use crate::store::{Store, StoreError, StoreOptions};
 
 /// Everything handlers need.
 pub struct App {
@@ -36,115 +36,165 @@ pub struct App {
     pub sms: Option<crate::sms::SmsLogin>,
 }
 
-/// What every successful login returns.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TokenPair {
-    /// The access JWT.
-    pub access_token: String,
-    /// Always `Bearer`.
-    #[schema(example = "Bearer")]
-    pub token_type: &'static str,
-    /// Seconds until the access token expires.
-    pub expires_in: u64,
-    /// The opaque refresh token.
-    pub refresh_token: String,
-}
-
+/// Seconds since the Unix epoch (the one clock of the issuer).
 pub use portcullis_common::time::unix_now as now;
 
-/// Claims a caller can never set through metadata: they are the token's meaning.
-pub const RESERVED_CLAIMS: [&str; 14] = [
-    "iss",
-    "sub",
-    "aud",
-    "exp",
-    "iat",
-    "nbf",
-    "jti",
-    "sid",
-    "scope",
-    "roles",
-    "amr",
-    "auth_time",
-    "typ",
-    "azp",
-];
+/// Why the service could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A directory or secret file could not be created, read or written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// `creating` or `writing`.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database could not be opened.
+    #[error("opening the database: {0}")]
+    Database(#[source] StoreError),
+    /// `key_alg` names no supported algorithm.
+    #[error("unsupported key algorithm")]
+    KeyAlg,
+    /// The signing keys could not be loaded or created.
+    #[error("loading signing keys: {0}")]
+    Keys(#[source] KeyError),
+    /// The Prometheus registry refused a metric.
+    #[error("registering metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
+    /// The mailer's configuration is unusable.
+    #[error("configuring the mailer: {0}")]
+    Mailer(#[source] crate::mail::MailError),
+    /// The SMS provider could not be set up.
+    #[error("configuring SMS login: {0}")]
+    Sms(#[source] crate::sms::SmsSetupError),
+}
+
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
+    let path = path.display().to_string();
+    move |source| BuildError::Io { what, path, source }
+}
+
+/// Reads a generated secret, creating it (0600) on first start; `true` when just created.
+fn secret_file(
+    dir: &Path,
+    name: &str,
+    make: impl FnOnce() -> String,
+) -> Result<(String, bool), BuildError> {
+    let path = dir.join(name);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok((s.trim().to_string(), false));
+    }
+    std::fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
+    let value = make();
+    std::fs::write(&path, format!("{value}\n")).map_err(io_error("writing", &path))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_error("writing", &path))?;
+    }
+    Ok((value, true))
+}
 
 impl App {
-    /// Mints an access token for `user` in `session`.
-    pub fn access_token(
-        &self,
-        user: &User,
-        session: &Session,
-        scopes: &[String],
-        roles: &[String],
-    ) -> Result<String, crate::crypto::CryptoError> {
-        let now = now();
-        let aud: Value = if self.cfg.audiences.len() == 1 {
-            json!(self.cfg.audiences[0])
-        } else {
-            json!(self.cfg.audiences)
-        };
-        let mut claims = serde_json::Map::new();
-        // Extra per-user claims first, so the registered ones below always win.
-        if let Value::Object(extra) = &user.app_metadata {
-            for (k, v) in extra {
-                if !RESERVED_CLAIMS.contains(&k.as_str()) {
-                    claims.insert(k.clone(), v.clone());
-                }
+    /// Opens the database, reads (or creates) the server secrets and signing keys, and sets up
+    /// metrics, mailer and SMS login: everything the API, the admin API and the CLI use.
+    pub async fn build(cfg: IssuerConfig) -> Result<Arc<App>, BuildError> {
+        if let Some(p) = cfg.database_url.strip_prefix("sqlite://") {
+            if let Some(dir) = Path::new(p).parent() {
+                std::fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
             }
         }
-        let registered = json!({
-            "iss": self.cfg.issuer,
-            "sub": user.id,
-            "aud": aud,
-            "exp": now + self.cfg.access_ttl.as_secs() as i64,
-            "iat": now,
-            "nbf": now,
-            "jti": secrets::random_id(),
-            "sid": session.id,
-            "scope": scopes.join(" "),
-            "roles": roles,
-            "amr": session.amr,
-            "auth_time": session.created_at,
-        });
-        if let Value::Object(r) = registered {
-            claims.extend(r);
+        let store = Store::connect_with(
+            &cfg.database_url,
+            StoreOptions {
+                sqlite_sync: cfg.sqlite_sync,
+            },
+        )
+        .await
+        .map_err(BuildError::Database)?;
+        let (pepper, _) = secret_file(&cfg.secrets_dir, "api-key-pepper", secrets::random_token)?;
+        let (admin_token, created) =
+            secret_file(&cfg.secrets_dir, "admin-token", secrets::random_token)?;
+        if created {
+            eprintln!(
+                "portcullis-issuer: created the admin API token in {}",
+                cfg.secrets_dir.join("admin-token").display()
+            );
         }
-        self.keys.view().signer.sign(&Value::Object(claims))
+        let kek = std::fs::read(cfg.secrets_dir.join("key-encryption-key"))
+            .ok()
+            .map(|k| k.trim_ascii().to_vec());
+        let alg: KeyAlg = cfg.key_alg.parse().map_err(|_| BuildError::KeyAlg)?;
+        // A retired key stays published until every token it signed has expired, plus margin.
+        let retire_after = cfg.access_ttl.as_secs() as i64 + 300;
+        let keys = KeyRing::load(
+            &store,
+            alg,
+            kek,
+            cfg.key_publish_lead.as_secs() as i64,
+            retire_after,
+        )
+        .await
+        .map_err(BuildError::Keys)?;
+        let password = PasswordParams {
+            memory_kib: cfg.argon_memory_kib,
+            iterations: cfg.argon_iterations,
+            parallelism: cfg.argon_parallelism,
+        };
+        Ok(Arc::new(App {
+            metrics: crate::metrics::Metrics::new().map_err(BuildError::Metrics)?,
+            mailer: crate::mail::Mailer::new(&cfg.email).map_err(BuildError::Mailer)?,
+            sms: crate::sms::SmsLogin::build(cfg.sms.as_ref(), pepper.as_bytes())
+                .map_err(BuildError::Sms)?,
+            hash_slots: tokio::sync::Semaphore::new(cfg.max_concurrent_hashes),
+            store,
+            keys,
+            pepper: pepper.into_bytes(),
+            admin_token_hash: secrets::hash_token(&admin_token),
+            password,
+            cfg,
+        }))
     }
 
-    /// Starts a session for `user` authenticated by `amr` and returns the token pair.
-    pub async fn login(
-        &self,
-        user: &User,
-        amr: &str,
-        scopes: &[String],
-        roles: &[String],
-    ) -> Result<TokenPair, crate::http::ApiError> {
-        let t = now();
-        let session = Session {
-            id: secrets::random_id(),
-            user_id: user.id.clone(),
-            amr: vec![amr.to_string()],
-            scopes: scopes.to_vec(),
-            roles: roles.to_vec(),
-            created_at: t,
-            last_used_at: t,
-            expires_at: t + self.cfg.session_lifetime.as_secs() as i64,
-            revoked_at: None,
-            revoked_reason: None,
-        };
-        let refresh = secrets::random_token();
-        self.store
-            .create_session(&session, &secrets::hash_token(&refresh))
-            .await?;
-        let access_token = self.access_token(user, &session, scopes, roles)?;
-        Ok(TokenPair {
-            access_token,
-            token_type: "Bearer",
-            expires_in: self.cfg.access_ttl.as_secs(),
-            refresh_token: refresh,
-        })
+    /// Starts the background tasks of a serving replica: the signing-key lifecycle (every
+    /// replica advances it idempotently and rotates on schedule) and the hourly housekeeping.
+    pub fn spawn_maintenance(self: &Arc<Self>) {
+        let ticker = self.clone();
+        tokio::spawn(async move {
+            let mut last_rotation = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if let Err(e) = ticker.keys.tick(&ticker.store).await {
+                    tracing::warn!("signing-key maintenance failed: {e}");
+                }
+                if let Some(every) = ticker.cfg.key_rotate_every {
+                    if last_rotation.elapsed() >= every {
+                        last_rotation = std::time::Instant::now();
+                        if let Err(e) = ticker.keys.rotate(&ticker.store).await {
+                            tracing::warn!("scheduled key rotation failed: {e}");
+                        }
+                    }
+                }
+            }
+        });
+
+        // Housekeeping (store/housekeeping.rs): hourly, the first a minute after start.
+        let keeper = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                hourly.tick().await;
+                match keeper.store.purge_expired(now()).await {
+                    Ok(p) if p.total() > 0 => tracing::info!(?p, "deleted ended rows"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("housekeeping failed: {e}"),
+                }
+            }
+        });
     }
 }

@@ -423,12 +423,20 @@ fn signup(b: Backend) {
     let me = iss.me(&pair.access).json();
     assert_eq!(me["email"], email);
     assert_eq!(me["user_metadata"], meta);
-    // The same through the admin API, where spaces are not checked.
+    // The admin API checks addresses the way sign-up does (it used to store this one as
+    // is), and stores an injection-shaped address as data too.
     let spaced = "x'); drop table users;--@example.com";
-    let u = iss.create_user(spaced, PW, &[]);
-    assert_eq!(u["email"], spaced);
-    let pair = iss.password_login(spaced, PW).pair();
-    assert_eq!(iss.me(&pair.access).json()["email"], spaced);
+    let r = iss.admin_post("/admin/users", &json!({"email": spaced, "password": PW}));
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(
+        r.json()["error_description"],
+        "`email` is not a valid address"
+    );
+    let by_admin = "y');drop/**/table/**/users;--@example.com";
+    let u = iss.create_user(by_admin, PW, &[]);
+    assert_eq!(u["email"], by_admin);
+    let pair = iss.password_login(by_admin, PW).pair();
+    assert_eq!(iss.me(&pair.access).json()["email"], by_admin);
     // The users table is intact.
     iss.password_login("new@example.com", PW).pair();
     iss.password_login(email, PW).pair();

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::Value;
 
-use super::keys::{self, KeyAlg, KeyMaterial};
+use super::keypair::{self, KeyAlg, KeyMaterial};
 use super::CryptoError;
 
 /// The `typ` header of every access token (RFC 9068 section 2.1).
@@ -42,7 +42,7 @@ impl Signer {
     /// no published JWK verifies.
     pub fn new(material: &KeyMaterial) -> Result<Signer, CryptoError> {
         let der = &material.private_pkcs8_der;
-        let derived = keys::from_pkcs8(material.alg, der)?;
+        let derived = keypair::from_pkcs8(material.alg, der)?;
         if derived.kid != material.kid {
             return Err(CryptoError::InvalidKey {
                 alg: material.alg.as_str(),
@@ -105,7 +105,7 @@ fn pkcs8_pem(der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::keys::generate;
+    use crate::crypto::keypair::generate;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use jsonwebtoken::jwk::Jwk;
     use jsonwebtoken::{DecodingKey, Validation};
@@ -140,7 +140,7 @@ mod tests {
             let token = signer.sign(&claims()).unwrap();
 
             // Verify like a gateway would: only from the public JWK out of the JWKS.
-            let jwks = keys::jwks(std::slice::from_ref(&material.public_jwk));
+            let jwks = keypair::jwks(std::slice::from_ref(&material.public_jwk));
             let jwk: Jwk = serde_json::from_value(jwks["keys"][0].clone()).unwrap();
             let key = DecodingKey::from_jwk(&jwk).unwrap();
             let mut validation = Validation::new(alg.jwt_algorithm());

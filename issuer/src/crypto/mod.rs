@@ -10,7 +10,7 @@
 
 pub mod error;
 pub mod jwt;
-pub mod keys;
+pub mod keypair;
 pub mod password;
 pub mod secrets;
 

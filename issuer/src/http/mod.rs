@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod email;
+mod errors;
 pub mod oauth;
 pub mod openapi;
 pub mod public;
@@ -145,6 +146,16 @@ pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Resu
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
 
+/// The client address: the gateway's `X-Real-IP` when the peer is local, else the peer.
+pub fn client_ip(peer: std::net::SocketAddr, headers: &HeaderMap) -> String {
+    if peer.ip().is_loopback() {
+        if let Some(ip) = headers.get("x-real-ip").and_then(|v| v.to_str().ok()) {
+            return ip.to_string();
+        }
+    }
+    peer.ip().to_string()
+}
+
 /// The bearer token of a request, if any.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -187,3 +198,20 @@ pub async fn json_413(req: axum::extract::Request, next: axum::middleware::Next)
 /// Requests larger than this are refused with 413 before parsing (rewritten to an
 /// [`ErrorBody`] by [`json_413`]).
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// The public API with its body limit, JSON 413 and request log: what the public listener
+/// serves (wrap with `into_make_service_with_connect_info::<SocketAddr>`).
+pub fn public_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
+    public::router(app)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(axum::middleware::from_fn(json_413))
+        .layer(axum::middleware::from_fn(crate::metrics::request_log))
+}
+
+/// The admin API with the same layers as [`public_app`]: what the admin listener serves.
+pub fn admin_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
+    admin::router(app)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(axum::middleware::from_fn(json_413))
+        .layer(axum::middleware::from_fn(crate::metrics::request_log))
+}

@@ -19,9 +19,10 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
-use super::public::{api_key_grant, client_ip, password_grant, rotate, verify_access};
-use super::{ApiError, ErrorBody};
-use crate::app::{now, App, TokenPair};
+use super::{client_ip, ApiError, ErrorBody};
+use crate::app::App;
+use crate::auth::sessions::Introspection as Found;
+use crate::auth::{self, TokenPair};
 use crate::crypto::secrets;
 
 /// The OAuth router (merged into the public one).
@@ -231,13 +232,13 @@ async fn token_grant(
                     "grant_type=password needs username and password",
                 ));
             };
-            password_grant(&app, user, pw.clone(), &client_ip(peer, &headers)).await?
+            auth::password::grant(&app, user, pw.clone(), &client_ip(peer, &headers)).await?
         }
         Some("refresh_token") => {
             let rt = f
                 .get("refresh_token")
                 .ok_or_else(|| ApiError::bad_request("refresh_token is required"))?;
-            rotate(&app, rt).await?
+            auth::sessions::refresh(&app, rt).await?
         }
         Some("client_credentials") => {
             let secret = client_secret(&headers, &f).ok_or_else(|| {
@@ -246,7 +247,7 @@ async fn token_grant(
                     "client_credentials needs the API key as client_secret",
                 )
             })?;
-            api_key_grant(&app, &secret).await?
+            auth::api_key::grant(&app, &secret).await?
         }
         Some(_) => {
             return Err(ApiError::new(
@@ -294,7 +295,7 @@ async fn require_client(
         )
     };
     let key = key.ok_or_else(unauthorized)?;
-    super::public::valid_api_key(app, &key)
+    auth::api_key::find_valid(app, &key)
         .await?
         .ok_or_else(unauthorized)?;
     Ok(())
@@ -326,39 +327,20 @@ async fn introspect(
     let token = f
         .get("token")
         .ok_or_else(|| ApiError::bad_request("token is required"))?;
-    let inactive = Json(json!({"active": false}));
-    // An access token: signature, expiry, and its session still alive.
-    if let Ok(claims) = verify_access(&app, token) {
-        let sid = claims
-            .get("sid")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let alive = matches!(app.store.get_session(sid).await, Ok(s) if s.revoked_at.is_none());
-        if !alive {
-            return Ok(inactive);
+    match auth::sessions::introspect(&app, token).await? {
+        Found::Inactive => Ok(Json(json!({"active": false}))),
+        Found::Access(mut claims) => {
+            claims["active"] = json!(true);
+            claims["token_type"] = json!("access_token");
+            Ok(Json(claims))
         }
-        let mut out = claims;
-        out["active"] = json!(true);
-        out["token_type"] = json!("access_token");
-        return Ok(Json(out));
-    }
-    // A refresh token: current (not rotated) and its session alive.
-    let Some(rt) = app
-        .store
-        .find_refresh_token(&secrets::hash_token(token))
-        .await?
-    else {
-        return Ok(inactive);
-    };
-    if rt.rotated_at.is_some() {
-        return Ok(inactive);
-    }
-    match app.store.get_session(&rt.session_id).await {
-        Ok(s) if s.revoked_at.is_none() && s.expires_at > now() => Ok(Json(json!({
+        Found::Refresh {
+            session: s,
+            issued_at,
+        } => Ok(Json(json!({
             "active": true, "token_type": "refresh_token", "sub": s.user_id, "sid": s.id,
-            "exp": s.expires_at, "iat": rt.created_at, "iss": app.cfg.issuer,
+            "exp": s.expires_at, "iat": issued_at, "iss": app.cfg.issuer,
         }))),
-        _ => Ok(inactive),
     }
 }
 
@@ -389,23 +371,7 @@ async fn revoke(
     let token = f
         .get("token")
         .ok_or_else(|| ApiError::bad_request("token is required"))?;
-    let session = match verify_access(&app, token) {
-        Ok(claims) => claims
-            .get("sid")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        Err(_) => app
-            .store
-            .find_session_by_refresh(&secrets::hash_token(token))
-            .await?
-            .map(|s| s.id),
-    };
-    if let Some(sid) = session {
-        match app.store.revoke_session(&sid, now(), "revoked").await {
-            Ok(()) | Err(crate::store::StoreError::NotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    auth::sessions::revoke_token(&app, token).await?;
     // RFC 7009 §2.2: unknown tokens are answered with 200 as well.
     Ok(StatusCode::OK)
 }

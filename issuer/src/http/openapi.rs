@@ -28,7 +28,7 @@ use utoipa::openapi::server::{ServerBuilder, ServerVariableBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{admin, email, oauth, public, sms, ErrorBody};
-use crate::app::TokenPair;
+use crate::auth::TokenPair;
 
 /// The issuer's API, public and admin.
 #[derive(OpenApi)]

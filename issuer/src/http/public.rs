@@ -16,11 +16,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
-use super::{bearer, json_body, ApiError, ErrorBody};
-use crate::app::{now, App, TokenPair};
-use crate::crypto::{password, secrets};
-use crate::mail::MailKind;
-use crate::store::{NewUser, RotateOutcome, Session, User};
+use super::{bearer, client_ip, json_body, ApiError, ErrorBody};
+use crate::app::App;
+use crate::auth::{self, password::SignUp, profile::ProfileChanges, sessions::LogoutBy, TokenPair};
+use crate::store::User;
 
 /// The public router.
 pub fn router(app: Arc<App>) -> Router {
@@ -203,16 +202,6 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-/// The client address: the gateway's `X-Real-IP` when the peer is local, else the peer.
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> String {
-    if peer.ip().is_loopback() {
-        if let Some(ip) = headers.get("x-real-ip").and_then(|v| v.to_str().ok()) {
-            return ip.to_string();
-        }
-    }
-    peer.ip().to_string()
-}
-
 /// Password login: `email` or `username`, and `password`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -237,39 +226,6 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let text = String::from_utf8(raw).ok()?;
     let (u, p) = text.split_once(':')?;
     Some((u.to_string(), p.to_string()))
-}
-
-/// Runs argon2 off the async runtime, at most `max_concurrent_hashes` at a time.
-pub(super) async fn with_hash_slot<T: Send + 'static>(
-    app: &App,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    let _permit = app.hash_slots.acquire().await.map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "shutting down",
-        )
-    })?;
-    tokio::task::spawn_blocking(f).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "the request could not be completed",
-        )
-    })
-}
-
-/// Checks both failure budgets; returns `Retry-After` seconds when one is exhausted.
-async fn locked_out(app: &App, account_key: &str, ip_key: &str) -> Result<Option<i64>, ApiError> {
-    let window = app.cfg.failure_window.as_secs() as i64;
-    let t = now();
-    let acct = app.store.peek_limit(account_key, window, t).await?;
-    let ip = app.store.peek_limit(ip_key, window, t).await?;
-    if acct >= app.cfg.max_failures_per_account || ip >= app.cfg.max_failures_per_ip {
-        return Ok(Some(window - t.rem_euclid(window)));
-    }
-    Ok(None)
 }
 
 /// Logs in with a login (email or username) and a password.
@@ -312,85 +268,7 @@ async fn password_login(
         }
     };
     let ip = client_ip(peer, &headers);
-    Ok(Json(password_grant(&app, &login, pw, &ip).await?))
-}
-
-/// Checks a login and password (with lock-out and constant-time behaviour for unknown
-/// users) and starts a session.
-pub async fn password_grant(
-    app: &App,
-    login: &str,
-    pw: String,
-    ip: &str,
-) -> Result<TokenPair, ApiError> {
-    let login = login.trim().to_lowercase();
-    if login.is_empty() || pw.is_empty() || pw.chars().count() > app.cfg.password_max {
-        return Err(ApiError::bad_request("missing or oversized credentials"));
-    }
-    let account_key = format!("pwfail:acct:{login}");
-    let ip_key = format!("pwfail:ip:{ip}");
-    if let Some(retry) = locked_out(app, &account_key, &ip_key).await? {
-        return Err(ApiError::too_many(retry));
-    }
-    let user = match app.store.find_user_by_email(&login).await? {
-        Some(u) => Some(u),
-        None => app.store.find_user_by_username(&login).await?,
-    };
-    let params = app.password;
-    let stored = user
-        .as_ref()
-        .and_then(|u| u.password_hash.clone())
-        .filter(|_| user.as_ref().is_some_and(|u| !u.disabled));
-    let pw_for_check = pw.clone();
-    let ok = with_hash_slot(app, move || match stored {
-        Some(phc) => password::verify(&pw_for_check, &phc),
-        None => {
-            // Same work for unknown users, so timing does not reveal which accounts exist.
-            password::dummy_verify(&pw_for_check, &params);
-            false
-        }
-    })
-    .await?;
-    app.metrics
-        .logins
-        .with_label_values(&["pwd", if ok { "ok" } else { "denied" }])
-        .inc();
-    let Some(mut user) = user.filter(|_| ok) else {
-        let window = app.cfg.failure_window.as_secs() as i64;
-        app.store.hit_limit(&account_key, window, now()).await?;
-        app.store.hit_limit(&ip_key, window, now()).await?;
-        return Err(ApiError::unauthorized(
-            "invalid_grant",
-            "wrong email, username or password",
-        ));
-    };
-    app.store.reset_limit(&account_key).await?;
-    let email_cfg = &app.cfg.email;
-    if email_cfg.enabled
-        && email_cfg.require_confirmed
-        && user.email.is_some()
-        && user.email_confirmed_at.is_none()
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "email_not_confirmed",
-            "confirm the email address first with the link mailed to it",
-        ));
-    }
-    if user
-        .password_hash
-        .as_deref()
-        .is_some_and(|h| password::needs_rehash(h, &app.password))
-    {
-        // Parameters were raised since this hash was made: upgrade it now that we have the password.
-        let params = app.password;
-        if let Ok(h) = with_hash_slot(app, move || password::hash(&pw, &params)).await? {
-            user.password_hash = Some(h);
-            app.store.update_user(&user).await?;
-        }
-    }
-    let roles = user.roles.clone();
-    app.login(&user, "pwd", &[], &roles).await
+    Ok(Json(auth::password::grant(&app, &login, pw, &ip).await?))
 }
 
 /// API-key login.
@@ -435,67 +313,7 @@ async fn api_key_login(
         Some(k) => k,
         None => json_body::<ApiKeyLogin>(&headers, &body)?.api_key,
     };
-    Ok(Json(api_key_grant(&app, &key).await?))
-}
-
-/// Exchanges an API key for a token pair bound to the key's subject.
-pub async fn api_key_grant(app: &App, key: &str) -> Result<TokenPair, ApiError> {
-    let invalid =
-        || ApiError::unauthorized("invalid_client", "unknown, revoked or expired API key");
-    let record = valid_api_key(app, key).await?.ok_or_else(invalid)?;
-    // last_used_at is for humans (admin listings): refreshed at most once a minute, so a
-    // client logging in in a loop does not pay one more database write per login.
-    let t = now();
-    if record
-        .last_used_at
-        .is_none_or(|used| t.saturating_sub(used) >= 60)
-    {
-        app.store.touch_api_key(&record.id, t).await?;
-    }
-    // The key is bound to its subject: tokens name that subject, nothing the caller says.
-    let user = match app.store.get_user(&record.subject).await {
-        // A key bound to a disabled account is as dead as the account's password.
-        Ok(u) if u.disabled => return Err(invalid()),
-        Ok(u) => u,
-        Err(crate::store::StoreError::NotFound) => service_user(&record.subject),
-        Err(e) => return Err(e.into()),
-    };
-    app.login(&user, "key", &record.scopes, &record.roles).await
-}
-
-/// The stored key for `key` when it is well-formed, matches (constant-time), and is neither
-/// revoked nor expired.
-pub async fn valid_api_key(app: &App, key: &str) -> Result<Option<crate::store::ApiKey>, ApiError> {
-    let Some((prefix, full)) = secrets::parse_api_key(key) else {
-        return Ok(None);
-    };
-    let Some(record) = app.store.find_api_key_by_prefix(&prefix).await? else {
-        return Ok(None);
-    };
-    let t = now();
-    let ok = secrets::constant_time_eq(&secrets::hash_api_key(&full, &app.pepper), &record.hash)
-        && record.revoked_at.is_none()
-        && record.expires_at.is_none_or(|e| e > t);
-    Ok(ok.then_some(record))
-}
-
-/// A machine identity that has no account row.
-fn service_user(subject: &str) -> User {
-    User {
-        id: subject.to_string(),
-        email: None,
-        username: None,
-        phone: None,
-        password_hash: None,
-        roles: Vec::new(),
-        app_metadata: json!({}),
-        user_metadata: json!({}),
-        anonymous: false,
-        email_confirmed_at: None,
-        disabled: false,
-        created_at: 0,
-        updated_at: 0,
-    }
+    Ok(Json(auth::api_key::grant(&app, &key).await?))
 }
 
 /// Creates an anonymous user and logs it in (`amr: ["anon"]`).
@@ -512,29 +330,9 @@ fn service_user(subject: &str) -> User {
 async fn anonymous_login(
     State(app): State<Arc<App>>,
 ) -> Result<(StatusCode, Json<TokenPair>), ApiError> {
-    if !app.cfg.anonymous_enabled {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "disabled",
-            "anonymous sign-in is disabled",
-        ));
-    }
-    let user = app
-        .store
-        .create_user(&NewUser {
-            email: None,
-            username: None,
-            phone: None,
-            password_hash: None,
-            roles: Vec::new(),
-            app_metadata: json!({}),
-            user_metadata: json!({}),
-            anonymous: true,
-        })
-        .await?;
     Ok((
         StatusCode::CREATED,
-        Json(app.login(&user, "anon", &[], &[]).await?),
+        Json(auth::anonymous::sign_in(&app).await?),
     ))
 }
 
@@ -544,69 +342,6 @@ async fn anonymous_login(
 pub(super) struct RefreshBody {
     /// The current refresh token of the session.
     refresh_token: String,
-}
-
-/// Rotates a refresh token: the answer carries a new pair.
-pub async fn rotate(app: &App, presented: &str) -> Result<TokenPair, ApiError> {
-    let invalid = |why: &str| ApiError::unauthorized("invalid_grant", why.to_string());
-    if presented.len() > 256 {
-        return Err(invalid("unknown refresh token"));
-    }
-    let new_refresh = secrets::random_token();
-    let outcome = app
-        .store
-        .rotate_refresh(
-            &secrets::hash_token(presented),
-            &secrets::hash_token(&new_refresh),
-            now(),
-            app.cfg.refresh_reuse_grace.as_secs() as i64,
-            app.cfg.session_idle.as_secs() as i64,
-        )
-        .await?;
-    let label = match &outcome {
-        RotateOutcome::Rotated { .. } => "rotated",
-        RotateOutcome::WithinGrace { .. } => "grace",
-        RotateOutcome::Reused { .. } => "reused",
-        _ => "invalid",
-    };
-    app.metrics.refreshes.with_label_values(&[label]).inc();
-    let session: Session = match outcome {
-        RotateOutcome::Rotated { session } | RotateOutcome::WithinGrace { session } => session,
-        RotateOutcome::Reused { .. } => {
-            return Err(invalid(
-                "refresh token reuse detected: the session has been revoked",
-            ))
-        }
-        RotateOutcome::Unknown => return Err(invalid("unknown refresh token")),
-        RotateOutcome::SessionInactive => {
-            return Err(invalid("the session has expired or was revoked"))
-        }
-    };
-    // A session opened with an API key keeps the roles that key granted (never more, even
-    // when the key's subject is an account with other roles); every other session gets the
-    // account's current roles, so an admin's change applies at the next refresh.
-    let by_key = session.amr.iter().any(|m| m == "key");
-    let (user, roles) = match app.store.get_user(&session.user_id).await {
-        Ok(u) if !by_key => {
-            let roles = u.roles.clone();
-            (u, roles)
-        }
-        Ok(u) => (u, session.roles.clone()),
-        Err(crate::store::StoreError::NotFound) => {
-            (service_user(&session.user_id), session.roles.clone())
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if user.disabled {
-        return Err(invalid("the account is disabled"));
-    }
-    let access_token = app.access_token(&user, &session, &session.scopes, &roles)?;
-    Ok(TokenPair {
-        access_token,
-        token_type: "Bearer",
-        expires_in: app.cfg.access_ttl.as_secs(),
-        refresh_token: new_refresh,
-    })
 }
 
 /// Rotates a refresh token: the answer carries a new pair; the old refresh token is spent.
@@ -632,66 +367,7 @@ async fn refresh(
     body: Bytes,
 ) -> Result<Json<TokenPair>, ApiError> {
     let b: RefreshBody = json_body(&headers, &body)?;
-    Ok(Json(rotate(&app, &b.refresh_token).await?))
-}
-
-/// Claims of a valid access token from this issuer (signature, expiry, type, issuer).
-pub fn verify_access(app: &App, token: &str) -> Result<Value, ApiError> {
-    let invalid = || ApiError::unauthorized("invalid_token", "invalid or expired access token");
-    let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
-    // A refresh token is opaque: it never parses as a JWT, so it cannot pass here.
-    if header.typ.as_deref().map(|t| t.to_ascii_lowercase()) != Some("at+jwt".into()) {
-        return Err(invalid());
-    }
-    let kid = header.kid.ok_or_else(invalid)?;
-    let view = app.keys.view();
-    let decoding = view.verifiers.get(&kid).ok_or_else(invalid)?;
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_issuer(&[&app.cfg.issuer]);
-    validation.set_audience(&app.cfg.audiences);
-    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-    let data =
-        jsonwebtoken::decode::<Value>(token, decoding, &validation).map_err(|_| invalid())?;
-    Ok(data.claims)
-}
-
-/// The caller's user, from an access token whose session is still active.
-pub(super) async fn caller(app: &App, headers: &HeaderMap) -> Result<(User, Value), ApiError> {
-    let token = bearer(headers).ok_or_else(|| {
-        ApiError::unauthorized("invalid_token", "a bearer access token is required")
-    })?;
-    let claims = verify_access(app, token)?;
-    let sid = claims
-        .get("sid")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let active = match app.store.get_session(sid).await {
-        Ok(s) => s.revoked_at.is_none(),
-        Err(crate::store::StoreError::NotFound) => false,
-        Err(e) => return Err(e.into()),
-    };
-    if !active {
-        return Err(ApiError::unauthorized(
-            "invalid_token",
-            "the session has been revoked",
-        ));
-    }
-    let sub = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let user = app
-        .store
-        .get_user(sub)
-        .await
-        .map_err(|_| ApiError::unauthorized("invalid_token", "unknown user"))?;
-    if user.disabled {
-        return Err(ApiError::unauthorized(
-            "invalid_token",
-            "the account is disabled",
-        ));
-    }
-    Ok((user, claims))
+    Ok(Json(auth::sessions::refresh(&app, &b.refresh_token).await?))
 }
 
 /// Logout by refresh token (when no access token is sent).
@@ -726,34 +402,19 @@ async fn logout(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let session_id = if let Some(token) = bearer(&headers) {
-        let claims = verify_access(&app, token)?;
-        claims
-            .get("sid")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    } else {
-        let b: LogoutBody = json_body(&headers, &body)?;
-        let rt = b.refresh_token.ok_or_else(|| {
-            ApiError::bad_request("give a bearer access token or `refresh_token`")
-        })?;
-        match app
-            .store
-            .find_session_by_refresh(&secrets::hash_token(&rt))
-            .await
-        {
-            Ok(Some(s)) => s.id,
-            Ok(None) | Err(crate::store::StoreError::NotFound) => {
-                return Ok(StatusCode::NO_CONTENT)
-            }
-            Err(e) => return Err(e.into()),
+    let by = match bearer(&headers) {
+        Some(token) => LogoutBy::AccessToken(token),
+        None => {
+            let b: LogoutBody = json_body(&headers, &body)?;
+            let rt = b.refresh_token.ok_or_else(|| {
+                ApiError::bad_request("give a bearer access token or `refresh_token`")
+            })?;
+            auth::sessions::logout(&app, LogoutBy::RefreshToken(&rt)).await?;
+            return Ok(StatusCode::NO_CONTENT);
         }
     };
-    match app.store.revoke_session(&session_id, now(), "logout").await {
-        Ok(()) | Err(crate::store::StoreError::NotFound) => Ok(StatusCode::NO_CONTENT),
-        Err(e) => Err(e.into()),
-    }
+    auth::sessions::logout(&app, by).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Sign-up with an email address and a password.
@@ -770,33 +431,6 @@ pub(super) struct SignupBody {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     user_metadata: Option<Value>,
-}
-
-pub(super) fn valid_email(e: &str) -> bool {
-    let Some((local, domain)) = e.split_once('@') else {
-        return false;
-    };
-    !local.is_empty()
-        && domain.contains('.')
-        && e.len() <= 254
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
-pub(super) fn password_problem(app: &App, pw: &str) -> Result<(), ApiError> {
-    password::check_policy(pw, app.cfg.password_min, app.cfg.password_max).map_err(|p| {
-        let text = match p {
-            password::PasswordProblem::TooShort { min } => {
-                format!("the password must have at least {min} characters")
-            }
-            password::PasswordProblem::TooLong { max } => {
-                format!("the password must have at most {max} characters")
-            }
-            password::PasswordProblem::Common => {
-                "this password is too common; choose another".to_string()
-            }
-        };
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "weak_password", text)
-    })
 }
 
 /// Creates an account (when sign-up is enabled) and logs it in.
@@ -824,40 +458,18 @@ async fn signup(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<TokenPair>), ApiError> {
-    if !app.cfg.signup_enabled {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "disabled",
-            "sign-up is disabled",
-        ));
-    }
+    auth::password::signup_enabled(&app)?;
     let b: SignupBody = json_body(&headers, &body)?;
-    let email = b.email.trim().to_lowercase();
-    if !valid_email(&email) {
-        return Err(ApiError::bad_request("`email` is not a valid address"));
-    }
-    password_problem(&app, &b.password)?;
-    let params = app.password;
-    let pw = b.password.clone();
-    let hash = with_hash_slot(&app, move || password::hash(&pw, &params)).await??;
-    let user = app
-        .store
-        .create_user(&NewUser {
-            email: Some(email),
-            username: b.username.map(|u| u.trim().to_lowercase()),
-            phone: None,
-            password_hash: Some(hash),
-            roles: Vec::new(),
-            app_metadata: json!({}),
-            user_metadata: b.user_metadata.unwrap_or_else(|| json!({})),
-            anonymous: false,
-        })
-        .await?;
-    let pair = app.login(&user, "pwd", &[], &[]).await?;
-    if let (true, Some(email)) = (app.cfg.email.enabled, user.email.clone()) {
-        // Delivery problems are logged and counted; the account exists either way.
-        super::email::send_link(&app, MailKind::ConfirmEmail, user.id.clone(), email);
-    }
+    let pair = auth::password::sign_up(
+        &app,
+        SignUp {
+            email: b.email,
+            password: b.password,
+            username: b.username,
+            user_metadata: b.user_metadata,
+        },
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(pair)))
 }
 
@@ -921,7 +533,7 @@ pub fn user_json(u: &User) -> Value {
     )
 )]
 async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let (user, _) = caller(&app, &headers).await?;
+    let (user, _) = auth::sessions::caller(&app, bearer(&headers)).await?;
     Ok(Json(user_json(&user)))
 }
 
@@ -972,64 +584,14 @@ async fn update_me(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let (mut user, _) = caller(&app, &headers).await?;
+    let (user, _) = auth::sessions::caller(&app, bearer(&headers)).await?;
     let b: UpdateMe = json_body(&headers, &body)?;
-    let mut pending_link = None;
-    if let Some(email) = b.email {
-        let email = email.trim().to_lowercase();
-        if !valid_email(&email) {
-            return Err(ApiError::bad_request("`email` is not a valid address"));
-        }
-        if !app.cfg.email.enabled {
-            user.email = Some(email);
-            user.email_confirmed_at = None;
-        } else if user.email.as_deref() == Some(email.as_str()) {
-            // Unchanged: keeps its confirmation.
-        } else if user.email.is_some() {
-            // Re-confirmation: the new address replaces the old one only when the link
-            // mailed to it is used (POST /v1/users/confirm).
-            if app.store.find_user_by_email(&email).await?.is_some() {
-                return Err(crate::store::StoreError::Conflict("email".into()).into());
-            }
-            pending_link = Some((MailKind::ChangeEmail, email));
-        } else {
-            user.email = Some(email.clone());
-            user.email_confirmed_at = None;
-            pending_link = Some((MailKind::ConfirmEmail, email));
-        }
-    }
-    if let Some(pw) = b.password {
-        password_problem(&app, &pw)?;
-        if let Some(current) = user.password_hash.clone() {
-            // Changing a password needs the old one: a stolen access token is not enough.
-            let old = b.old_password.ok_or_else(|| {
-                ApiError::bad_request("`old_password` is required to change the password")
-            })?;
-            if !with_hash_slot(&app, move || password::verify(&old, &current)).await? {
-                return Err(ApiError::unauthorized(
-                    "invalid_grant",
-                    "the old password is wrong",
-                ));
-            }
-        }
-        let params = app.password;
-        user.password_hash =
-            Some(with_hash_slot(&app, move || password::hash(&pw, &params)).await??);
-    }
-    if let Some(meta) = b.user_metadata {
-        if !meta.is_object() {
-            return Err(ApiError::bad_request("`user_metadata` must be an object"));
-        }
-        user.user_metadata = meta;
-    }
-    // An anonymous user that now has an email and a password is a real account, same subject.
-    if user.anonymous && user.email.is_some() && user.password_hash.is_some() {
-        user.anonymous = false;
-    }
-    app.store.update_user(&user).await?;
-    if let Some((kind, email)) = pending_link {
-        super::email::send_link(&app, kind, user.id.clone(), email);
-    }
-    let user = app.store.get_user(&user.id).await?;
+    let changes = ProfileChanges {
+        email: b.email,
+        password: b.password,
+        old_password: b.old_password,
+        user_metadata: b.user_metadata,
+    };
+    let user = auth::profile::update(&app, user, changes).await?;
     Ok(Json(user_json(&user)))
 }

@@ -14,10 +14,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::public::client_ip;
-use super::{json_body, ApiError, ErrorBody};
-use crate::app::{now, App, TokenPair};
-use crate::sms::{bounded_status, phone, signature, SmsLogin, StartError, VerifyError};
+use super::{client_ip, json_body, ApiError, ErrorBody};
+use crate::app::{now, App};
+use crate::auth::{self, TokenPair};
+use crate::sms::{bounded_status, phone, signature, SmsLogin};
 use crate::store::SmsMessage;
 
 /// The public SMS routes (state applied).
@@ -98,35 +98,12 @@ async fn sms_start(
     let sms = enabled(&app)?;
     let b: SmsStart = json_body(&headers, &body)?;
     let ip = client_ip(peer, &headers);
-    match sms.start(&app, &b.phone, b.region.as_deref(), &ip).await {
-        Ok(()) => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"status": "sent", "expires_in": sms.cfg.code_ttl.as_secs()})),
-        )),
-        Err(StartError::Phone(e)) => Err(ApiError::bad_request(e.to_string())),
-        Err(StartError::Country(c)) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("SMS codes are not sent to numbers of this country ({c})"),
-        )),
-        Err(StartError::Limited { retry_after, which }) => {
-            let mut e = ApiError::too_many(retry_after);
-            e.description = match which {
-                "min_interval" => {
-                    "a code was sent to this number moments ago; wait before asking for another"
-                        .into()
-                }
-                _ => "too many codes requested; try again later".into(),
-            };
-            Err(e)
-        }
-        Err(StartError::Provider) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "SMS provider unavailable; no code was sent, try again later",
-        )),
-        Err(StartError::Store(e)) => Err(e.into()),
-    }
+    sms.start(&app.store, &app.metrics, &b.phone, b.region.as_deref(), &ip)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "sent", "expires_in": sms.cfg.code_ttl.as_secs()})),
+    ))
 }
 
 /// A code to check.
@@ -172,55 +149,9 @@ async fn sms_verify(
     let sms = enabled(&app)?;
     let b: SmsVerify = json_body(&headers, &body)?;
     let ip = client_ip(peer, &headers);
-    let outcome = sms
-        .verify(&app, &b.phone, b.region.as_deref(), &b.code, &ip)
-        .await;
-    let label = match &outcome {
-        Ok(_) => "ok",
-        Err(VerifyError::BadCode) => "bad_code",
-        Err(VerifyError::Limited(_)) => "limited",
-        Err(VerifyError::SignupDisabled) => "signup_disabled",
-        Err(VerifyError::Disabled) => "account_disabled",
-        Err(VerifyError::Phone(_)) => "invalid_phone",
-        Err(VerifyError::Store(_)) => "error",
-    };
-    app.metrics
-        .sms_verifications
-        .with_label_values(&[label])
-        .inc();
-    app.metrics
-        .logins
-        .with_label_values(&["sms", if outcome.is_ok() { "ok" } else { "denied" }])
-        .inc();
-    let user = match outcome {
-        Ok(u) => u,
-        Err(VerifyError::Phone(e)) => return Err(ApiError::bad_request(e.to_string())),
-        Err(VerifyError::BadCode) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_grant",
-                "the code is wrong, expired or already used; request a new one",
-            ))
-        }
-        Err(VerifyError::Limited(retry)) => return Err(ApiError::too_many(retry)),
-        Err(VerifyError::SignupDisabled) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "disabled",
-                "no account uses this phone number and sign-up by SMS is disabled",
-            ))
-        }
-        Err(VerifyError::Disabled) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "disabled",
-                "the account is disabled",
-            ))
-        }
-        Err(VerifyError::Store(e)) => return Err(e.into()),
-    };
-    let roles = user.roles.clone();
-    Ok(Json(app.login(&user, "sms", &[], &roles).await?))
+    let pair =
+        auth::sms::verify_and_login(&app, sms, &b.phone, b.region.as_deref(), &b.code, &ip).await?;
+    Ok(Json(pair))
 }
 
 // Schema for the OpenAPI document only: the handler reads every pair (the signature covers

@@ -2,7 +2,6 @@
 //! rendering from the configured templates, and delivery by SMTP (production), to files or
 //! to the log (development).
 
-pub mod config;
 pub mod file;
 pub mod smtp;
 pub mod template;
@@ -12,8 +11,8 @@ use lettre::message::{Body, Mailbox};
 use lettre::Message;
 use thiserror::Error;
 
-use self::config::{EmailConfig, MailTemplate, MailerKind};
 use self::template::Values;
+use crate::config::email::{EmailConfig, MailTemplate, MailerKind};
 
 /// Why a message was not delivered.
 #[derive(Debug, Error)]

@@ -6,8 +6,8 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
-use super::config::{SmtpConfig, SmtpTls};
 use super::{MailError, Outgoing};
+use crate::config::email::{SmtpConfig, SmtpTls};
 
 /// A configured SMTP relay.
 pub struct SmtpMailer {

@@ -1,12 +1,13 @@
 //! Passwordless sign-in by SMS one-time code: number parsing ([`phone`]), codes ([`codes`]),
 //! providers behind one trait ([`provider`]: [`twilio`], [`webhook`], [`log`]), Twilio's
-//! callback signatures ([`signature`]) and the `sms:` configuration ([`config`]).
+//! callback signatures ([`signature`]); the `sms:` configuration is in
+//! [`crate::config::sms`].
 //!
-//! [`SmsLogin`] holds the logic of `POST /v1/auth/sms/start` and `/verify`; the HTTP layer
-//! (`http/sms.rs`) only parses requests and shapes answers.
+//! [`SmsLogin`] holds the logic of `POST /v1/auth/sms/start` and `/verify` (the session a
+//! verified code opens is started by `auth/sms.rs`); the HTTP layer (`http/sms.rs`)
+//! only parses requests and shapes answers.
 
 pub mod codes;
-pub mod config;
 pub mod log;
 pub mod phone;
 pub mod provider;
@@ -16,11 +17,13 @@ pub mod webhook;
 
 use std::sync::Arc;
 
-use config::{ProviderConfig, SmsConfig};
+use crate::config::sms::{ProviderConfig, SmsConfig};
 use provider::{OutgoingSms, SmsProvider};
 
-use crate::app::{now, App};
-use crate::store::{SmsMessage, StoreError, User};
+use crate::auth::limits::{self, window_left, LimitKey};
+use crate::metrics::Metrics;
+use crate::store::{SmsMessage, Store, StoreError, User};
+use portcullis_common::time::unix_now as now;
 
 /// Hourly budgets are fixed one-hour windows.
 const HOUR: i64 = 3600;
@@ -55,13 +58,16 @@ pub enum SmsSetupError {
 }
 
 /// Why `start` refused (mapped to HTTP by the handler).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// Not a usable number.
+    #[error("{0}")]
     Phone(phone::PhoneError),
     /// The number's country is not in `allowed_countries`.
+    #[error("SMS codes are not sent to numbers of this country ({0})")]
     Country(String),
     /// A limit is exhausted; retry after this many seconds.
+    #[error("{which} limit exhausted")]
     Limited {
         /// Seconds.
         retry_after: i64,
@@ -69,38 +75,34 @@ pub enum StartError {
         which: &'static str,
     },
     /// The provider failed; nothing was left behind.
+    #[error("SMS provider unavailable")]
     Provider,
     /// The database failed.
-    Store(StoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Why `verify` refused.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// Not a usable number.
+    #[error("{0}")]
     Phone(phone::PhoneError),
     /// Wrong, expired, used, cancelled or exhausted code (one answer for all).
+    #[error("the code is wrong, expired or already used; request a new one")]
     BadCode,
     /// Too many verifications from this client.
+    #[error("too many verifications")]
     Limited(i64),
     /// The code was right but the number has no account and sign-up is off.
+    #[error("no account uses this phone number and sign-up by SMS is disabled")]
     SignupDisabled,
     /// The account is disabled.
+    #[error("the account is disabled")]
     Disabled,
     /// The database failed.
-    Store(StoreError),
-}
-
-impl From<StoreError> for StartError {
-    fn from(e: StoreError) -> Self {
-        StartError::Store(e)
-    }
-}
-
-impl From<StoreError> for VerifyError {
-    fn from(e: StoreError) -> Self {
-        VerifyError::Store(e)
-    }
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 fn read_secret(path: &std::path::Path) -> Result<String, SmsSetupError> {
@@ -113,11 +115,6 @@ fn read_secret(path: &std::path::Path) -> Result<String, SmsSetupError> {
         return Err(SmsSetupError::Empty(path.display().to_string()));
     }
     Ok(s)
-}
-
-/// Seconds until the fixed window of `len` seconds containing `now` ends.
-fn window_left(len: i64, now: i64) -> i64 {
-    len - now.rem_euclid(len)
 }
 
 impl SmsLogin {
@@ -175,7 +172,8 @@ impl SmsLogin {
     /// SMS (nothing to log in to), but the same answer.
     pub async fn start(
         &self,
-        app: &App,
+        store: &Store,
+        metrics: &Metrics,
         input: &str,
         region: Option<&str>,
         ip: &str,
@@ -187,7 +185,7 @@ impl SmsLogin {
         }
         let region = phone.region.clone().unwrap_or_default();
         if !self.cfg.allowed_countries.is_empty() && !self.cfg.allowed_countries.contains(&region) {
-            self.count_send(app, "refused_country");
+            self.count_send(metrics, "refused_country");
             return Err(StartError::Country(if region.is_empty() {
                 "this number's country is unknown".into()
             } else {
@@ -196,21 +194,20 @@ impl SmsLogin {
         }
         let t = now();
         let min_interval = self.cfg.min_interval.as_secs() as i64;
-        if let Some(retry_after) = app
-            .store
+        if let Some(retry_after) = store
             .sms_claim_interval(&phone.e164, min_interval, t)
             .await?
         {
-            self.count_send(app, "limited");
+            self.count_send(metrics, "limited");
             return Err(StartError::Limited {
                 retry_after,
                 which: "min_interval",
             });
         }
-        let result = self.budgets_and_send(app, &phone, ip, t).await;
+        let result = self.budgets_and_send(store, metrics, &phone, ip, t).await;
         if result.is_err() {
             // Nothing left the building: the next attempt must not wait out the interval.
-            if let Err(e) = app.store.sms_release_interval(&phone.e164).await {
+            if let Err(e) = store.sms_release_interval(&phone.e164).await {
                 tracing::warn!("releasing the SMS interval failed: {e}");
             }
         }
@@ -219,32 +216,33 @@ impl SmsLogin {
 
     async fn budgets_and_send(
         &self,
-        app: &App,
+        store: &Store,
+        metrics: &Metrics,
         phone: &phone::Phone,
         ip: &str,
         t: i64,
     ) -> Result<(), StartError> {
         // Per-IP first: one abusive client must not eat a victim's per-phone or the global budget.
-        let budgets: [(String, i64, &'static str); 3] = [
+        let budgets: [(LimitKey, i64, &'static str); 3] = [
             (
-                format!("sms:send:ip:{ip}"),
+                LimitKey::SmsSendIp(ip),
                 self.cfg.max_sends_per_ip_per_hour,
                 "per_ip",
             ),
             (
-                format!("sms:send:phone:{}", phone.e164),
+                LimitKey::SmsSendPhone(&phone.e164),
                 self.cfg.max_sends_per_phone_per_hour,
                 "per_phone",
             ),
             (
-                "sms:send:global".to_string(),
+                LimitKey::SmsSendGlobal,
                 self.cfg.max_sends_per_hour,
                 "global",
             ),
         ];
         for (key, max, which) in budgets {
-            if app.store.hit_limit(&key, HOUR, t).await? > max {
-                self.count_send(app, "limited");
+            if limits::hit(store, key, HOUR, t).await? > max {
+                self.count_send(metrics, "limited");
                 tracing::info!(phone = %phone.e164, ip, limit = which, "SMS send refused: budget exhausted");
                 return Err(StartError::Limited {
                     retry_after: window_left(HOUR, t),
@@ -252,15 +250,14 @@ impl SmsLogin {
                 });
             }
         }
-        if !self.cfg.signup && app.store.find_user_by_phone(&phone.e164).await?.is_none() {
+        if !self.cfg.signup && store.find_user_by_phone(&phone.e164).await?.is_none() {
             // Same answer as a real send, so /start does not reveal which numbers have accounts.
-            self.count_send(app, "skipped_no_account");
+            self.count_send(metrics, "skipped_no_account");
             return Ok(());
         }
         let code = codes::generate(self.cfg.code_length);
         let ttl = self.cfg.code_ttl.as_secs() as i64;
-        let id = app
-            .store
+        let id = store
             .sms_insert_code(
                 &phone.e164,
                 &self.hasher.hash(&phone.e164, &code),
@@ -291,21 +288,21 @@ impl SmsLogin {
                     created_at: t2,
                     updated_at: t2,
                 };
-                app.store.sms_activate_code(&id, &message, t2).await?;
-                self.count_send(app, "sent");
+                store.sms_activate_code(&id, &message, t2).await?;
+                self.count_send(metrics, "sent");
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(provider = self.provider.name(), phone = %phone.e164, "SMS send failed: {e}");
-                self.count_send(app, "failed");
-                app.store.sms_fail_code(&id).await?;
+                self.count_send(metrics, "failed");
+                store.sms_fail_code(&id).await?;
                 Err(StartError::Provider)
             }
         }
     }
 
-    fn count_send(&self, app: &App, outcome: &str) {
-        app.metrics
+    fn count_send(&self, metrics: &Metrics, outcome: &str) {
+        metrics
             .sms_sends
             .with_label_values(&[self.provider.name(), outcome])
             .inc();
@@ -315,7 +312,7 @@ impl SmsLogin {
     /// verification when sign-up is on).
     pub async fn verify(
         &self,
-        app: &App,
+        store: &Store,
         input: &str,
         region: Option<&str>,
         code: &str,
@@ -325,25 +322,24 @@ impl SmsLogin {
             .parse_phone(input, region)
             .map_err(VerifyError::Phone)?;
         let t = now();
-        let ip_key = format!("sms:verify:ip:{ip}");
-        if app.store.hit_limit(&ip_key, HOUR, t).await? > self.cfg.max_verifications_per_ip_per_hour
+        if limits::hit(store, LimitKey::SmsVerifyIp(ip), HOUR, t).await?
+            > self.cfg.max_verifications_per_ip_per_hour
         {
             return Err(VerifyError::Limited(window_left(HOUR, t)));
         }
         let code = code.trim();
         if let Some(fixed) = self.cfg.test_numbers.get(&phone.e164) {
             // Fixed codes are guessable in principle: the same attempt limit, per hour.
-            let key = format!("sms:test:{}", phone.e164);
-            if app.store.hit_limit(&key, HOUR, t).await? > self.cfg.max_attempts
+            let key = LimitKey::SmsTestNumber(&phone.e164);
+            if limits::hit(store, key, HOUR, t).await? > self.cfg.max_attempts
                 || !crate::crypto::secrets::constant_time_eq(code, fixed)
             {
                 return Err(VerifyError::BadCode);
             }
-            app.store.reset_limit(&key).await?;
+            limits::reset(store, key).await?;
         } else {
             // A malformed code still spends an attempt: no free probing.
-            let Some((id, hash)) = app
-                .store
+            let Some((id, hash)) = store
                 .sms_spend_attempt(&phone.e164, t, self.cfg.max_attempts)
                 .await?
             else {
@@ -351,15 +347,14 @@ impl SmsLogin {
             };
             let ok = codes::well_formed(code, self.cfg.code_length)
                 && self.hasher.matches(&phone.e164, code, &hash);
-            if !ok || !app.store.sms_consume_code(&id, now()).await? {
+            if !ok || !store.sms_consume_code(&id, now()).await? {
                 return Err(VerifyError::BadCode);
             }
         }
-        let user = match app.store.find_user_by_phone(&phone.e164).await? {
+        let user = match store.find_user_by_phone(&phone.e164).await? {
             Some(u) => u,
             None if !self.cfg.signup => return Err(VerifyError::SignupDisabled),
-            None => match app
-                .store
+            None => match store
                 .create_user(&crate::store::NewUser {
                     phone: Some(phone.e164.clone()),
                     ..Default::default()
@@ -368,8 +363,7 @@ impl SmsLogin {
             {
                 Ok(u) => u,
                 // Two first verifications racing: the other one created it.
-                Err(StoreError::Conflict(_)) => app
-                    .store
+                Err(StoreError::Conflict(_)) => store
                     .find_user_by_phone(&phone.e164)
                     .await?
                     .ok_or(VerifyError::BadCode)?,

@@ -4,10 +4,10 @@
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::config::TwilioConfig;
 use super::provider::{
     http_client, status_error, transport_error, OutgoingSms, ProviderError, SentSms, SmsProvider,
 };
+use crate::config::sms::TwilioConfig;
 
 /// Sends through Twilio.
 pub struct Twilio {

@@ -43,7 +43,7 @@ impl SmsProvider for Webhook {
     }
 
     async fn send(&self, msg: &OutgoingSms) -> Result<SentSms, ProviderError> {
-        let ts = crate::app::now();
+        let ts = portcullis_common::time::unix_now();
         let mut doc = json!({"to": msg.to, "body": msg.body, "sent_at": ts});
         if self.include_code {
             doc["code"] = json!(msg.code);

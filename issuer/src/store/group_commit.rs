@@ -19,7 +19,7 @@
 use sqlx::{Any, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sessions::{create_session_in, rotate_refresh_locked};
+use super::session_rows::{create_session_in, rotate_refresh_locked};
 use super::{RotateOutcome, Session, Store, StoreError};
 
 /// Most jobs in one transaction: bounds the time the write lock is held for one group.

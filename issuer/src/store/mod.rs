@@ -34,10 +34,11 @@ mod api_keys;
 mod error;
 mod group_commit;
 pub mod housekeeping;
-mod keys;
 mod limits;
 mod links;
+mod session_rows;
 mod sessions;
+mod signing_keys;
 mod sms;
 mod users;
 
@@ -56,9 +57,9 @@ use sqlx::{AnyConnection, AnyPool, Connection, Executor, Transaction};
 
 pub use api_keys::ApiKey;
 pub use error::StoreError;
-pub use keys::{KeyFuture, KeyTx, SigningKey, KEY_STATES};
 pub use links::{EmailLink, LinkRefusal};
-pub use sessions::{RefreshToken, RotateOutcome, Session, REASON_REFRESH_REUSE};
+pub use session_rows::{RefreshToken, RotateOutcome, Session, REASON_REFRESH_REUSE};
+pub use signing_keys::{KeyFuture, KeyTx, SigningKey, KEY_STATES};
 pub use sms::SmsMessage;
 pub use users::{NewUser, User};
 

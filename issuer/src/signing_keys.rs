@@ -14,7 +14,7 @@ use jsonwebtoken::DecodingKey;
 use sha2::{Digest, Sha256};
 
 use crate::crypto::jwt::Signer;
-use crate::crypto::keys::{self as material, KeyAlg};
+use crate::crypto::keypair::{self as material, KeyAlg};
 use crate::store::{SigningKey, Store};
 
 /// Why key handling failed.
@@ -168,6 +168,12 @@ impl KeyRing {
         self.view.store(Arc::new(view));
         Ok(())
     }
+}
+
+/// Every stored signing key, as the database has it now (the admin API and the CLI list these:
+/// another replica may have changed them since this one's view was built).
+pub async fn list(store: &Store) -> Result<Vec<SigningKey>, crate::store::StoreError> {
+    store.list_signing_keys().await
 }
 
 async fn build_view(store: &Store, kek: Option<&[u8]>) -> Result<KeyView, KeyError> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::phone;
+use crate::sms::phone;
 
 /// The `sms:` section as written in the file.
 #[derive(Debug, Default, Deserialize)]

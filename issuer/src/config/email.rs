@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::template::Template;
-use crate::config::ConfigError;
+use crate::mail::template::Template;
+use portcullis_common::config::ConfigError;
 
 /// `email:` as written in the file.
 #[derive(Debug, Default, Deserialize)]
@@ -214,7 +214,7 @@ impl EmailConfig {
         };
         let dur = |v: &Option<Spanned<String>>, key: &str, default: Duration| match v {
             None => Ok(default),
-            Some(s) => crate::config::parse_duration(&s.value)
+            Some(s) => crate::config::units::parse_duration(&s.value)
                 .map_err(|e| at_s(s, format!("email.{key}: {e}")))
                 .and_then(|d| {
                     if d.is_zero() {

@@ -1,5 +1,11 @@
 //! `config/issuer.yaml`: the file format and its validated, compiled form.
 
+pub mod email;
+pub mod sms;
+pub(crate) mod units;
+
+pub(crate) use units::parse_duration;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,8 +39,8 @@ struct FileFormat {
     #[serde(default)]
     secrets: SecretsFile,
     #[serde(default)]
-    email: crate::mail::config::EmailFile,
-    sms: Option<crate::sms::config::SmsFile>,
+    email: crate::config::email::EmailFile,
+    sms: Option<crate::config::sms::SmsFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,19 +140,9 @@ pub struct IssuerConfig {
     /// Directory of generated secrets.
     pub secrets_dir: PathBuf,
     /// Email flows and the mailer (`email:`).
-    pub email: crate::mail::config::EmailConfig,
+    pub email: crate::config::email::EmailConfig,
     /// SMS one-time-code login (`sms:`; absent: off).
-    pub sms: Option<crate::sms::config::SmsConfig>,
-}
-
-/// The duration grammar both services share (`10s`, `15m`, `2h`, `7d`), in whole seconds:
-/// token and session times are counted in seconds, so `1500ms` would silently lose half a second.
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = portcullis_common::units::parse_duration(s)?;
-    if d.subsec_nanos() != 0 {
-        return Err(format!("{:?}: use whole seconds", s.trim()));
-    }
-    Ok(d)
+    pub sms: Option<crate::config::sms::SmsConfig>,
 }
 
 impl IssuerConfig {
@@ -307,7 +303,7 @@ impl IssuerConfig {
                 .dir
                 .map(|d| dir.join(d))
                 .unwrap_or_else(|| dir.join("../data/secrets")),
-            email: crate::mail::config::EmailConfig::compile(f.email, &file, &dir)?,
+            email: crate::config::email::EmailConfig::compile(f.email, &file, &dir)?,
             sms: match f.sms {
                 None => None,
                 Some(s) => Some(s.compile(&dir, parse_duration).map_err(|e| match e.at {

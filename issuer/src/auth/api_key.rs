@@ -1,0 +1,99 @@
+//! API keys: creating them (admin API, CLI), checking them (constant time), and logging in
+//! with one (`amr: ["key"]`, bound to the key's subject, scopes and roles).
+
+use super::sessions::{self, TokenPair};
+use super::AuthError;
+use crate::app::{now, App};
+use crate::crypto::secrets;
+use crate::store::{ApiKey, StoreError};
+
+/// Longest subject a key may be bound to.
+const MAX_SUBJECT_LEN: usize = 200;
+
+/// A key to create.
+pub struct NewApiKey<'a> {
+    /// The `sub` of its tokens: a user id or a machine principal (1-200 characters).
+    pub subject: &'a str,
+    /// Human-readable label.
+    pub name: &'a str,
+    /// Scopes granted to its tokens.
+    pub scopes: Vec<String>,
+    /// Roles granted to its tokens.
+    pub roles: Vec<String>,
+    /// Lifetime in seconds (`None`: no expiry).
+    pub expires_in: Option<i64>,
+}
+
+/// Creates an API key; the secret is in the answer and nowhere else, ever.
+pub async fn create(app: &App, new: NewApiKey<'_>) -> Result<(ApiKey, String), AuthError> {
+    if new.subject.trim().is_empty() || new.subject.len() > MAX_SUBJECT_LEN {
+        return Err(AuthError::BadRequest("`subject` must be 1-200 characters"));
+    }
+    let secret = secrets::new_api_key();
+    let t = now();
+    let key = ApiKey {
+        id: secrets::random_id(),
+        prefix: secret.prefix.clone(),
+        hash: secrets::hash_api_key(&secret.full, &app.pepper),
+        subject: new.subject.to_string(),
+        name: new.name.to_string(),
+        scopes: new.scopes,
+        roles: new.roles,
+        expires_at: new.expires_in.map(|s| t + s.max(1)),
+        revoked_at: None,
+        last_used_at: None,
+        created_at: t,
+    };
+    app.store.create_api_key(&key).await?;
+    Ok((key, secret.full))
+}
+
+/// The stored key for `key` when it is well-formed, matches (constant-time), and is neither
+/// revoked nor expired.
+pub(crate) async fn find_valid(app: &App, key: &str) -> Result<Option<ApiKey>, StoreError> {
+    let Some((prefix, full)) = secrets::parse_api_key(key) else {
+        return Ok(None);
+    };
+    let Some(record) = app.store.find_api_key_by_prefix(&prefix).await? else {
+        return Ok(None);
+    };
+    let t = now();
+    let ok = secrets::constant_time_eq(&secrets::hash_api_key(&full, &app.pepper), &record.hash)
+        && record.revoked_at.is_none()
+        && record.expires_at.is_none_or(|e| e > t);
+    Ok(ok.then_some(record))
+}
+
+/// Exchanges an API key for a token pair bound to the key's subject, scopes and roles.
+pub(crate) async fn grant(app: &App, key: &str) -> Result<TokenPair, AuthError> {
+    let invalid = || AuthError::InvalidClient("unknown, revoked or expired API key");
+    let record = find_valid(app, key).await?.ok_or_else(invalid)?;
+    // last_used_at is for humans (admin listings): refreshed at most once a minute, so a
+    // client logging in in a loop does not pay one more database write per login.
+    let t = now();
+    if record
+        .last_used_at
+        .is_none_or(|used| t.saturating_sub(used) >= 60)
+    {
+        app.store.touch_api_key(&record.id, t).await?;
+    }
+    // The key is bound to its subject: tokens name that subject, nothing the caller says.
+    let user = match app.store.get_user(&record.subject).await {
+        // A key bound to a disabled account is as dead as the account's password.
+        Ok(u) if u.disabled => return Err(invalid()),
+        Ok(u) => u,
+        Err(StoreError::NotFound) => sessions::service_user(&record.subject),
+        Err(e) => return Err(e.into()),
+    };
+    sessions::start(app, &user, "key", &record.scopes, &record.roles).await
+}
+
+/// Revokes an API key by id (`NotFound` when there is none).
+pub async fn revoke(app: &App, id: &str) -> Result<(), AuthError> {
+    Ok(app.store.revoke_api_key(id, now()).await?)
+}
+
+/// The API keys (all, or those bound to `subject`), never their secrets.
+pub async fn list(app: &App, subject: Option<&str>) -> Result<Vec<ApiKey>, AuthError> {
+    Ok(app.store.list_api_keys(subject).await?)
+}
