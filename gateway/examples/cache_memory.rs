@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use jsonwebtoken::Algorithm;
-use portcullis_gateway::jwks::{self, IssuerKeys, KeySource, RefreshPolicy};
-use portcullis_gateway::verify::{Issuer, TokenCache, Verifier, VerifyObserver};
+use portcullis_gateway::{
+    parse_jwks, Issuer, IssuerKeys, KeySource, RefreshPolicy, TokenCache, Verifier, VerifyObserver,
+};
 
 #[path = "../../bench/tokengen/src/mint.rs"]
 mod mint;
@@ -64,7 +65,7 @@ fn main() {
         .unwrap_or(10_000);
     let key = mint::BenchKey::generate("ES256");
     let jwks = serde_json::json!({ "keys": [key.public_jwk().expect("jwk")] });
-    let public = jwks::parse_jwks(jwks.to_string().as_bytes(), false).expect("jwks");
+    let public = parse_jwks(jwks.to_string().as_bytes(), false).expect("jwks");
     let iss = "https://bench.portcullis.test";
     let issuer = Arc::new(Issuer {
         name: "bench".into(),

@@ -135,8 +135,6 @@ pub enum HostHeader {
 pub struct Route {
     /// Unique name (metrics, logs).
     pub name: String,
-    /// `file:line` it was defined at, for messages.
-    pub source: String,
     /// Host condition.
     pub host: HostMatch,
     /// Path condition.
@@ -313,7 +311,6 @@ mod tests {
     fn route(name: &str, host: HostMatch, path: PathMatch, methods: &[&str]) -> Arc<Route> {
         Arc::new(Route {
             name: name.into(),
-            source: String::new(),
             host,
             path,
             methods: methods.iter().map(|m| m.parse().unwrap()).collect(),

@@ -247,11 +247,6 @@ impl UpstreamGroup {
         fallback
     }
 
-    /// Whether any backend is currently eligible.
-    pub fn has_available(&self) -> bool {
-        self.backends.iter().any(|b| b.state.is_healthy())
-    }
-
     /// Records a failed connection to backend `idx` (nginx `max_fails` / `fail_timeout`).
     pub fn report_failure(&self, idx: usize) {
         let Some(b) = self.backends.get(idx) else {

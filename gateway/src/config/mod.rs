@@ -1197,7 +1197,6 @@ fn compile_route(
     Ok(Route {
         policy,
         cors,
-        source: src.at(r).desc(),
         name,
         host,
         path,

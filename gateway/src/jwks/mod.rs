@@ -28,6 +28,10 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+mod refresher;
+
+pub use refresher::KeyRefresher;
+
 /// RSA moduli below this are refused: too weak, and the verifier (aws-lc, 2048–8192) would
 /// reject every signature made with them anyway.
 const MIN_RSA_BITS: usize = 2048;
