@@ -28,18 +28,17 @@ mod key_refresh;
 mod limits;
 mod metrics;
 mod path;
-mod policy;
 mod proxy;
 mod reload;
 mod routes;
 mod server;
-mod token;
 mod upstream;
 mod verify;
 
 #[cfg(test)]
 mod properties;
 
+pub use auth::policy::{ArrayFormat, ClaimRule, ClaimTest, Requirement, RoutePolicy, TokenSources};
 pub use auth::{authenticate, Identity, IdentityHeaderNames, Outcome, Rejection};
 pub use cli::cli_main;
 pub use headers::IdentityPrefix;
@@ -47,7 +46,6 @@ pub use jwks::{
     hmac_key, load_key_file, parse_jwks, IssuerKeyStats, IssuerKeys, JwksError, KeyRefresher,
     KeySource, RefreshPolicy, VerifyKey,
 };
-pub use policy::{ArrayFormat, ClaimRule, ClaimTest, Requirement, RoutePolicy, TokenSources};
 pub use routes::AuthMode;
 pub use verify::{AuthError, Issuer, TokenCache, VerifiedToken, Verifier, VerifyObserver};
 

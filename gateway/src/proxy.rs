@@ -19,16 +19,16 @@ use pingora::{ErrorSource, ErrorType};
 use serde_json::json;
 
 use crate::access_log::Entry;
+use crate::auth::policy::RoutePolicy;
+use crate::auth::sources;
 use crate::auth::{self, Identity, Outcome};
 use crate::config::GatewayConfig;
 use crate::headers::{acceptable_request_id, new_request_id, ClientInfo};
 use crate::limits::conn;
 use crate::limits::rules::{self, Held, Refusal, Stage};
 use crate::path;
-use crate::policy::RoutePolicy;
 use crate::reload::LiveConfig;
 use crate::routes::{Action, AuthMode, HostHeader, Route, RouteMatch};
-use crate::token;
 use crate::upstream::BackendAddress;
 
 /// The gateway's proxy logic.
@@ -762,7 +762,7 @@ impl ProxyHttp for Gateway {
                     // A token sent as a query parameter never travels further.
                     let kept = match &route.policy.sources.query {
                         Some(name) if route.auth != AuthMode::Public => {
-                            token::strip_query_param(q, name)
+                            sources::strip_query_param(q, name)
                         }
                         _ => q.to_string(),
                     };

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 use regex::Regex;
 
+use crate::auth::policy::RoutePolicy;
 use crate::cors::Cors;
 use crate::headers::HeaderOps;
-use crate::policy::RoutePolicy;
 use crate::upstream::UpstreamGroup;
 
 /// Whether a route needs a verified token.

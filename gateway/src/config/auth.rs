@@ -12,9 +12,9 @@ use serde_saphyr::Spanned;
 
 use super::file::{self, AuthSettingsFile, ClaimRuleFile, IssuerFile, RequirementFile, RouteFile};
 use super::{dur, ConfigError, Source};
+use crate::auth::policy::{ClaimRule, ClaimTest, Requirement, RoutePolicy, TokenSources};
 use crate::headers::IdentityPrefix;
 use crate::jwks::{self, IssuerKeys, KeySource, RefreshPolicy};
-use crate::policy::{ClaimRule, ClaimTest, Requirement, RoutePolicy, TokenSources};
 use crate::routes::AuthMode;
 use crate::verify::{canonical_typ, Issuer};
 
@@ -563,10 +563,10 @@ pub(super) fn compile_policy(
         forward_token: v.forward_token,
         claim_headers,
         claim_arrays: match &v.claim_arrays {
-            None => crate::policy::ArrayFormat::default(),
-            Some(a) if a.value == "json" => crate::policy::ArrayFormat::Json,
+            None => crate::auth::policy::ArrayFormat::default(),
+            Some(a) if a.value == "json" => crate::auth::policy::ArrayFormat::Json,
             Some(a) if !a.value.is_empty() && a.value.len() <= 8 && a.value.chars().all(|c| c.is_ascii_graphic() || c == ' ') => {
-                crate::policy::ArrayFormat::Join(a.value.clone())
+                crate::auth::policy::ArrayFormat::Join(a.value.clone())
             }
             Some(a) => return Err(src.at(a).err("claim_arrays: a separator of 1-8 visible characters (e.g. \",\" or \" \"), or json")),
         },

@@ -3,6 +3,9 @@
 //! (the "plugin" use): call [`authenticate`] in `request_filter`, answer a [`Rejection`] with
 //! its status and `WWW-Authenticate`, and add [`Identity::headers`] to the upstream request.
 
+pub(crate) mod policy;
+pub(crate) mod sources;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,12 +14,12 @@ use pingora::http::RequestHeader;
 use serde_json::Value;
 
 use crate::headers::IdentityPrefix;
-use crate::policy::{ArrayFormat, Denial, RoutePolicy};
 use crate::routes::AuthMode;
-use crate::token::{self, TokenSourceError};
 use crate::verify::{
     claim_at, header_value, now_secs, AuthError, VerifiedToken, Verifier, VerifyObserver,
 };
+use policy::{ArrayFormat, Denial, RoutePolicy};
+use sources::TokenSourceError;
 
 /// Why a request was not let through, ready to be answered per RFC 6750.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,7 +210,7 @@ pub async fn authenticate(
     if mode == AuthMode::Public {
         return Outcome::Public;
     }
-    let token = match token::extract(req, &policy.sources) {
+    let token = match sources::extract(req, &policy.sources) {
         Ok(Some(t)) => t,
         Ok(None) if mode == AuthMode::Optional => return Outcome::Anonymous,
         Ok(None) => return Outcome::Rejected(Rejection::token(AuthError::Missing)),
