@@ -9,9 +9,9 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::access_log::AccessLog;
-use crate::config;
 use crate::metrics::Metrics;
 use crate::reload::{self, LiveConfig};
+use crate::runtime;
 use crate::server::{self, Fatal, ProcessFlags};
 
 /// Portcullis gateway: an authenticating reverse proxy built on Pingora.
@@ -48,7 +48,7 @@ pub fn cli_main() -> ExitCode {
         .init();
 
     if cli.test {
-        return match config::load(&cli.config, &config::Carry::default()) {
+        return match runtime::load(&cli.config, &runtime::Carry::default()) {
             Ok(cfg) => {
                 println!(
                     "portcullis-gateway: the configuration file {} syntax is ok ({} files, {} routes, {} upstreams)",
@@ -84,7 +84,7 @@ pub fn cli_main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg = config::load(&cli.config, &config::Carry::default())?;
+    let cfg = runtime::load(&cli.config, &runtime::Carry::default())?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let access_log =
         AccessLog::start(cfg.access_log.path.clone()).context("opening the access log")?;

@@ -31,6 +31,7 @@ mod path;
 mod proxy;
 mod reload;
 mod routes;
+mod runtime;
 mod server;
 mod upstream;
 mod verify;

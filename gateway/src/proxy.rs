@@ -22,13 +22,13 @@ use crate::access_log::Entry;
 use crate::auth::policy::RoutePolicy;
 use crate::auth::sources;
 use crate::auth::{self, Identity, Outcome};
-use crate::config::GatewayConfig;
 use crate::headers::{acceptable_request_id, new_request_id, ClientInfo};
 use crate::limits::conn;
 use crate::limits::rules::{self, Held, Refusal, Stage};
 use crate::path;
 use crate::reload::LiveConfig;
 use crate::routes::{Action, AuthMode, HostHeader, Route, RouteMatch};
+use crate::runtime::Generation;
 use crate::upstream::BackendAddress;
 
 /// The gateway's proxy logic.
@@ -45,7 +45,7 @@ impl Gateway {
 
 /// Per-request state.
 pub struct RequestCtx {
-    config: Arc<GatewayConfig>,
+    config: Arc<Generation>,
     start: Instant,
     route: Option<Arc<Route>>,
     /// Kept as a header value: it is sent upstream and downstream, and a client-supplied id

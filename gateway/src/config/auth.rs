@@ -2,7 +2,6 @@
 //! settings, and each route's policy.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -14,9 +13,9 @@ use super::file::{self, AuthSettingsFile, ClaimRuleFile, IssuerFile, Requirement
 use super::{dur, ConfigError, Source};
 use crate::auth::policy::{ClaimRule, ClaimTest, Requirement, RoutePolicy, TokenSources};
 use crate::headers::IdentityPrefix;
-use crate::jwks::{self, IssuerKeys, KeySource, RefreshPolicy};
+use crate::jwks::{self, KeySource, RefreshPolicy};
 use crate::routes::AuthMode;
-use crate::verify::{canonical_typ, Issuer};
+use crate::verify::canonical_typ;
 
 /// Process-wide verification settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,8 +101,32 @@ fn is_hmac(a: Algorithm) -> bool {
     matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
-/// Remote key caches by source identity.
-pub(super) type RemoteKeys = HashMap<String, Arc<IssuerKeys>>;
+/// A trusted issuer as configured: plain data; the runtime builds its live keys and the
+/// verifier from it.
+#[derive(Debug, Clone)]
+pub struct IssuerSpec {
+    /// Config label.
+    pub name: String,
+    /// Exact `iss`.
+    pub iss: String,
+    /// Where its keys come from (key files and secrets are already loaded).
+    pub source: KeySource,
+    /// Refresh and safety bounds for remote keys.
+    pub refresh: RefreshPolicy,
+    /// Identity of a remote key source: a reload reuses its live keys while this is unchanged;
+    /// None for static keys.
+    pub source_id: Option<String>,
+    /// Allowed algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Default audiences.
+    pub audiences: Vec<String>,
+    /// Clock skew allowance in seconds.
+    pub leeway: u64,
+    /// Accepted `typ` values, canonical.
+    pub typ: Vec<String>,
+    /// Whether readiness waits for its keys.
+    pub required: bool,
+}
 
 /// Identity of an issuer's remote key source: a reload reuses its live keys when unchanged.
 fn source_identity(name: &str, iss: &str, url: &str, policy: &RefreshPolicy) -> String {
@@ -113,10 +136,8 @@ fn source_identity(name: &str, iss: &str, url: &str, policy: &RefreshPolicy) -> 
 pub(super) fn compile_issuers(
     src: &Source,
     list: &[Spanned<IssuerFile>],
-    carry: &HashMap<String, Arc<IssuerKeys>>,
-) -> Result<(Vec<Arc<Issuer>>, RemoteKeys), ConfigError> {
+) -> Result<Vec<IssuerSpec>, ConfigError> {
     let mut out = Vec::new();
-    let mut remote = HashMap::new();
     let mut names: HashMap<&str, String> = HashMap::new();
     let mut isses: HashMap<&str, String> = HashMap::new();
     for i in list {
@@ -250,7 +271,7 @@ pub(super) fn compile_issuers(
                 algs
             }
         };
-        let keys = if let Some(url) = &v.jwks_url {
+        let (source, source_id) = if let Some(url) = &v.jwks_url {
             let ok = url.value.starts_with("http://")
                 || url.value.starts_with("https://")
                 || url.value.starts_with("unix:/");
@@ -260,36 +281,16 @@ pub(super) fn compile_issuers(
                 )));
             }
             let id = source_identity(&v.name.value, &v.issuer.value, &url.value, &policy);
-            let keys = carry.get(&id).cloned().unwrap_or_else(|| {
-                IssuerKeys::new(
-                    v.name.value.clone(),
-                    KeySource::Remote(url.value.clone()),
-                    policy.clone(),
-                )
-            });
-            remote.insert(id, keys.clone());
-            keys
+            (KeySource::Remote(url.value.clone()), Some(id))
         } else if v.discovery {
             let id = source_identity(&v.name.value, &v.issuer.value, "discovery", &policy);
-            let keys = carry.get(&id).cloned().unwrap_or_else(|| {
-                IssuerKeys::new(
-                    v.name.value.clone(),
-                    KeySource::Discovery(v.issuer.value.clone()),
-                    policy.clone(),
-                )
-            });
-            remote.insert(id, keys.clone());
-            keys
+            (KeySource::Discovery(v.issuer.value.clone()), Some(id))
         } else if let Some(f) = &v.key_file {
             let path = src.resolve(&f.value);
             // The error names the file already.
             let keys = jwks::load_key_file(&path, None)
                 .map_err(|e| src.at(f).err(format!("{key}.key_file: {e}")))?;
-            IssuerKeys::new(
-                v.name.value.clone(),
-                KeySource::Static(keys),
-                policy.clone(),
-            )
+            (KeySource::Static(keys), None)
         } else if let Some(f) = &v.hmac_secret_file {
             let path = src.resolve(&f.value);
             let raw = std::fs::read(&path).map_err(|e| {
@@ -299,18 +300,16 @@ pub(super) fn compile_issuers(
             let secret = raw.strip_suffix(b"\n").unwrap_or(&raw);
             let k = jwks::hmac_key(secret, None)
                 .map_err(|e| src.at(f).err(format!("{key}.hmac_secret_file: {e}")))?;
-            IssuerKeys::new(
-                v.name.value.clone(),
-                KeySource::Static(vec![k]),
-                policy.clone(),
-            )
+            (KeySource::Static(vec![k]), None)
         } else {
             return Err(loc.err(format!("{key}: no key source")));
         };
-        out.push(Arc::new(Issuer {
+        out.push(IssuerSpec {
             name: v.name.value.clone(),
             iss: v.issuer.value.clone(),
-            keys,
+            source,
+            refresh: policy,
+            source_id,
             algorithms,
             audiences: v.audiences.clone(),
             leeway: dur(
@@ -328,9 +327,9 @@ pub(super) fn compile_issuers(
                 .map(|t| canonical_typ(t))
                 .collect(),
             required: v.required.unwrap_or(true),
-        }));
+        });
     }
-    Ok((out, remote))
+    Ok(out)
 }
 
 fn requirement(
@@ -467,7 +466,7 @@ pub(super) fn compile_policy(
     src: &Source,
     r: &Spanned<RouteFile>,
     auth: AuthMode,
-    issuers: &[Arc<Issuer>],
+    issuers: &[IssuerSpec],
     identity: &IdentityPrefix,
 ) -> Result<RoutePolicy, ConfigError> {
     let v = &r.value;

@@ -8,7 +8,7 @@ pub mod auth;
 pub mod file;
 mod limits;
 
-pub use auth::AuthSettings;
+pub use auth::{AuthSettings, IssuerSpec};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -22,8 +22,7 @@ use regex::Regex;
 use serde_saphyr::Spanned;
 
 use crate::headers::{Cidr, HeaderOps, IdentityPrefix, ProxyTrust};
-use crate::jwks::IssuerKeys;
-use crate::limits::{EdgeLimits, LimitState};
+use crate::limits::EdgeLimits;
 use crate::path;
 use crate::routes::{
     Action, AuthMode, FixedResponse, HostHeader, HostMatch, PathMatch, PathRewrite, Route, Router,
@@ -31,7 +30,6 @@ use crate::routes::{
 use crate::upstream::{
     Backend, BackendAddress, HealthCheck, HealthCheckKind, StateCarry, UpstreamGroup,
 };
-use crate::verify::{Issuer, TokenCache, Verifier};
 use file::{
     DurationValue, HeaderOpsFile, IncludeFile, ListenerFile, MainFile, PathMatchFile, RouteFile,
     UpstreamFile,
@@ -148,51 +146,14 @@ pub struct GatewayConfig {
     pub router: Router,
     /// Token verification settings.
     pub auth: AuthSettings,
-    /// Trusted issuers and the verified-token cache.
-    pub verifier: Verifier,
-    /// Remote key caches by source identity (handed to the next generation on reload).
-    pub issuer_keys: HashMap<String, Arc<IssuerKeys>>,
-    /// The token cache (shared by every generation).
-    pub token_cache: Arc<TokenCache>,
-    /// Increments on every reload; salts the token cache.
-    pub generation: u64,
+    /// Trusted issuers.
+    pub issuers: Vec<IssuerSpec>,
     /// Identity header names under the prefix.
     pub identity_names: crate::auth::IdentityHeaderNames,
     /// Secret for `X-Auth-Signature`, shared with upstreams.
     pub signature_key: Option<Vec<u8>>,
     /// Request, connection and timeout limits (`server.limits`).
     pub limits: Arc<EdgeLimits>,
-    /// Rate-limit and concurrency tables (shared by every generation).
-    pub limit_state: Arc<LimitState>,
-}
-
-/// What a reload hands over from the running config: backend health, issuer key caches and
-/// the verified-token cache.
-#[derive(Default)]
-pub struct Carry {
-    /// Backend health.
-    pub backends: StateCarry,
-    /// Remote issuer key caches.
-    pub issuer_keys: HashMap<String, Arc<IssuerKeys>>,
-    /// The running token cache.
-    pub token_cache: Option<Arc<TokenCache>>,
-    /// The running generation.
-    pub generation: u64,
-    /// The running rate-limit tables.
-    pub limit_state: Option<Arc<LimitState>>,
-}
-
-impl Carry {
-    /// Everything worth keeping from `cfg`.
-    pub fn from_config(cfg: &GatewayConfig) -> Carry {
-        Carry {
-            backends: StateCarry::from_groups(cfg.upstreams.values()),
-            issuer_keys: cfg.issuer_keys.clone(),
-            token_cache: Some(cfg.token_cache.clone()),
-            generation: cfg.generation,
-            limit_state: Some(cfg.limit_state.clone()),
-        }
-    }
 }
 
 /// Routes with equal keys compete for the same requests.
@@ -258,8 +219,8 @@ fn read_yaml<T: serde::de::DeserializeOwned + Default>(
 
 /// Reads `path` and everything it includes, and compiles it.
 ///
-/// `carry` hands over live state from the running config on reload.
-pub fn load(path: &Path, carry: &Carry) -> Result<GatewayConfig, ConfigError> {
+/// `backends` hands over backend health from the running config on reload.
+pub fn load(path: &Path, backends: &StateCarry) -> Result<GatewayConfig, ConfigError> {
     let (main_src, main) = read_yaml::<MainFile>(path)?;
     let mut files = vec![path.to_path_buf()];
     let mut includes = Vec::new();
@@ -284,7 +245,7 @@ pub fn load(path: &Path, carry: &Carry) -> Result<GatewayConfig, ConfigError> {
             includes.push((src, inc));
         }
     }
-    let mut cfg = compile(&main_src, main, includes, carry)?;
+    let mut cfg = compile(&main_src, main, includes, backends)?;
     cfg.files = files;
     Ok(cfg)
 }
@@ -308,7 +269,7 @@ fn compile(
     main_src: &Source,
     main: MainFile,
     includes: Vec<(Source, IncludeFile)>,
-    carry: &Carry,
+    backends: &StateCarry,
 ) -> Result<GatewayConfig, ConfigError> {
     let server = compile_server(main_src, &main)?;
     let mut listeners = Vec::new();
@@ -425,7 +386,7 @@ fn compile(
                 prev.desc()
             )));
         }
-        let group = compile_upstream(src, name, u, &carry.backends)?;
+        let group = compile_upstream(src, name, u, backends)?;
         upstream_locs.insert(name.clone(), loc);
         upstreams.insert(name.clone(), Arc::new(group));
     }
@@ -435,8 +396,7 @@ fn compile(
     let mut rule_names = limits::RuleNames::default();
     let default_rules =
         limits::compile_rules(main_src, &main.server.limit, "server", &mut rule_names)?;
-    let (issuers, issuer_keys) =
-        auth::compile_issuers(main_src, &main.issuers, &carry.issuer_keys)?;
+    let issuers = auth::compile_issuers(main_src, &main.issuers)?;
 
     // Routes in merge order: the main file, then included files in lexical order.
     let mut route_defs: Vec<(&Source, &Spanned<RouteFile>)> =
@@ -485,19 +445,6 @@ fn compile(
         routes.push(Arc::new(route));
     }
 
-    let generation = carry.generation + 1;
-    let token_cache = carry.token_cache.clone().unwrap_or_else(|| {
-        Arc::new(TokenCache::with_limits(
-            auth_settings.cache_entries,
-            Some(auth_settings.cache_max_bytes),
-        ))
-    });
-    let verifier = Verifier::new(
-        issuers,
-        auth_settings.max_token_size,
-        generation,
-        token_cache.clone(),
-    );
     let signature_key = match &main.headers.signature_secret_file {
         None => None,
         Some(f) => {
@@ -517,21 +464,12 @@ fn compile(
             Some(secret)
         }
     };
-    // The tables keep their size for the life of the process; a reload keeps their state.
-    let limit_state = carry
-        .limit_state
-        .clone()
-        .unwrap_or_else(|| Arc::new(LimitState::new(edge.rate_limit_keys)));
     Ok(GatewayConfig {
         limits: Arc::new(edge),
-        limit_state,
         signature_key,
         identity_names: crate::auth::IdentityHeaderNames::new(&identity_prefix),
         auth: auth_settings,
-        verifier,
-        issuer_keys,
-        token_cache,
-        generation,
+        issuers,
         files: Vec::new(),
         server,
         listeners,
@@ -1042,7 +980,7 @@ fn compile_route(
     r: &Spanned<RouteFile>,
     upstreams: &BTreeMap<String, Arc<UpstreamGroup>>,
     identity: &IdentityPrefix,
-    issuers: &[Arc<Issuer>],
+    issuers: &[IssuerSpec],
     lim: RouteLimits<'_>,
 ) -> Result<Route, ConfigError> {
     let v = &r.value;
