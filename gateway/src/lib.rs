@@ -20,17 +20,14 @@ mod admin;
 mod auth;
 mod cli;
 mod config;
-mod cors;
-mod headers;
-mod health;
+mod forwarding;
 mod jwks;
 mod key_refresh;
 mod limits;
 mod metrics;
-mod path;
 mod proxy;
 mod reload;
-mod routes;
+mod routing;
 mod runtime;
 mod server;
 mod upstream;
@@ -39,23 +36,23 @@ mod verify;
 #[cfg(test)]
 mod properties;
 
+pub use auth::identity::{IdentityPrefix, IDENTITY_SUFFIXES};
 pub use auth::policy::{ArrayFormat, ClaimRule, ClaimTest, Requirement, RoutePolicy, TokenSources};
 pub use auth::{authenticate, Identity, IdentityHeaderNames, Outcome, Rejection};
 pub use cli::cli_main;
-pub use headers::IdentityPrefix;
 pub use jwks::{
     hmac_key, load_key_file, parse_jwks, IssuerKeyStats, IssuerKeys, JwksError, KeyRefresher,
     KeySource, RefreshPolicy, VerifyKey,
 };
-pub use routes::AuthMode;
+pub use routing::AuthMode;
 pub use verify::{AuthError, Issuer, TokenCache, VerifiedToken, Verifier, VerifyObserver};
 
 /// Internals the criterion benches measure (route matching, header edits); not an API.
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod bench_internals {
-    pub use crate::headers::HeaderOps;
-    pub use crate::routes::{
+    pub use crate::forwarding::headers::HeaderOps;
+    pub use crate::routing::{
         Action, FixedResponse, HostHeader, HostMatch, PathMatch, PathRewrite, Route, RouteMatch,
         Router,
     };

@@ -9,7 +9,7 @@ use base64::Engine;
 use http::Method;
 use proptest::prelude::*;
 
-use crate::path::normalize;
+use crate::routing::path::normalize;
 use crate::verify::{AuthError, TokenCache, Verifier, VerifyObserver};
 
 struct Quiet;

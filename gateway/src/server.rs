@@ -17,11 +17,11 @@ use thiserror::Error;
 
 use crate::admin::AdminApp;
 use crate::config::{ListenerSpec, TlsSpec};
-use crate::health::HealthChecker;
 use crate::key_refresh::GatewayKeyRefresh;
 use crate::limits::conn::EdgeApp;
 use crate::proxy::Gateway;
 use crate::reload::LiveConfig;
+use crate::upstream::health::HealthChecker;
 
 /// Why the server could not be assembled.
 #[derive(Debug, Error)]

@@ -11,10 +11,10 @@ use serde_saphyr::Spanned;
 
 use super::file::{self, AuthSettingsFile, ClaimRuleFile, IssuerFile, RequirementFile, RouteFile};
 use super::{dur, ConfigError, Source};
+use crate::auth::identity::IdentityPrefix;
 use crate::auth::policy::{ClaimRule, ClaimTest, Requirement, RoutePolicy, TokenSources};
-use crate::headers::IdentityPrefix;
 use crate::jwks::{self, KeySource, RefreshPolicy};
-use crate::routes::AuthMode;
+use crate::routing::AuthMode;
 use crate::verify::canonical_typ;
 
 /// Process-wide verification settings.
@@ -43,7 +43,8 @@ pub(super) fn compile_settings(
         Some(p) if p.value.is_empty() || p.value == "off" => None,
         Some(p) => {
             if !p.value.starts_with('/')
-                || crate::path::normalize(&p.value).ok().as_deref() != Some(p.value.as_str())
+                || crate::routing::path::normalize(&p.value).ok().as_deref()
+                    != Some(p.value.as_str())
             {
                 return Err(src.at(p).err("auth.verify_path: must be a normalised absolute path such as /_portcullis/verify"));
             }
@@ -410,7 +411,7 @@ fn claim_rule(c: &Spanned<ClaimRuleFile>, src: &Source) -> Result<ClaimRule, Con
 pub(super) fn compile_cors(
     src: &Source,
     c: &Spanned<file::CorsFile>,
-) -> Result<crate::cors::Cors, ConfigError> {
+) -> Result<crate::forwarding::cors::Cors, ConfigError> {
     let v = &c.value;
     if v.origins.is_empty() {
         return Err(src
@@ -453,7 +454,7 @@ pub(super) fn compile_cors(
                 .err(format!("cors.headers: {h:?} is not a header name"))
         })?;
     }
-    Ok(crate::cors::Cors {
+    Ok(crate::forwarding::cors::Cors {
         origins,
         methods,
         headers,

@@ -22,9 +22,10 @@ use bytes::Bytes;
 use http::HeaderName;
 use serde_saphyr::Spanned;
 
-use crate::headers::{Cidr, IdentityPrefix, ProxyTrust};
+use crate::auth::identity::IdentityPrefix;
+use crate::forwarding::client::{Cidr, ProxyTrust};
 use crate::limits::EdgeLimits;
-use crate::routes::Router;
+use crate::routing::Router;
 use crate::upstream::{StateCarry, UpstreamGroup};
 use file::{DurationValue, IncludeFile, MainFile};
 

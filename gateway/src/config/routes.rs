@@ -11,10 +11,11 @@ use serde_saphyr::Spanned;
 
 use super::file::{self, HeaderOpsFile, IncludeFile, MainFile, PathMatchFile, RouteFile};
 use super::{auth, dur, limits, ConfigError, IssuerSpec, Loc, Source};
-use crate::headers::{HeaderOps, IdentityPrefix};
+use crate::auth::identity::IdentityPrefix;
+use crate::forwarding::headers::HeaderOps;
 use crate::limits::EdgeLimits;
-use crate::path;
-use crate::routes::{
+use crate::routing::path;
+use crate::routing::{
     Action, AuthMode, FixedResponse, HostHeader, HostMatch, PathMatch, PathRewrite, Route,
 };
 use crate::upstream::UpstreamGroup;

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{Gateway, RequestCtx};
 use crate::auth;
 use crate::limits::rules::Refusal;
-use crate::routes::Route;
+use crate::routing::Route;
 
 /// Builds a JSON error body in the shape the issuer also uses.
 fn error_body(code: &str, description: &str, request_id: &str) -> Bytes {

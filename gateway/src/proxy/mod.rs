@@ -27,11 +27,11 @@ use pipeline::{CorsRequest, Head};
 
 use crate::access_log::Entry;
 use crate::auth::Identity;
-use crate::headers::ClientInfo;
+use crate::forwarding::client::ClientInfo;
 use crate::limits::conn;
 use crate::limits::rules::{Held, Stage};
 use crate::reload::LiveConfig;
-use crate::routes::{Action, AuthMode, HostHeader, Route};
+use crate::routing::{Action, AuthMode, HostHeader, Route};
 use crate::runtime::Generation;
 use crate::upstream::BackendAddress;
 
@@ -383,7 +383,7 @@ impl ProxyHttp for Gateway {
                 upstream.insert_header(name, value.clone())?;
             }
             if let Some(key) = &ctx.config.signature_key {
-                let sig = crate::headers::identity_signature(
+                let sig = crate::auth::identity::identity_signature(
                     key,
                     &ctx.config.identity_prefix,
                     ctx.request_id(),

@@ -13,10 +13,11 @@ use super::answers::login_redirect;
 use super::{peer_ip, Gateway, RequestCtx};
 use crate::auth::sources;
 use crate::auth::{self, Outcome};
-use crate::headers::{acceptable_request_id, new_request_id, ClientInfo};
+use crate::forwarding::client::ClientInfo;
+use crate::forwarding::headers::{acceptable_request_id, new_request_id};
 use crate::limits::rules::{self, Stage};
-use crate::path;
-use crate::routes::{Action, AuthMode, Route, RouteMatch};
+use crate::routing::path;
+use crate::routing::{Action, AuthMode, Route, RouteMatch};
 
 /// A request's host and normalised path, once both are known to be acceptable.
 pub(super) struct Head {

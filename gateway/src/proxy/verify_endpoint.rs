@@ -9,8 +9,8 @@ use super::pipeline::strip_port;
 use super::{Gateway, RequestCtx};
 use crate::auth::policy::RoutePolicy;
 use crate::auth::{self, Outcome};
-use crate::path;
-use crate::routes::{AuthMode, RouteMatch};
+use crate::routing::path;
+use crate::routing::{AuthMode, RouteMatch};
 
 impl Gateway {
     /// `auth_request` compatibility: answers 200 with the identity headers, or 401/403.

@@ -5,6 +5,8 @@
 //! walked with one atomic counter; backend health lives in atomics shared (by `Arc`) between
 //! the config generations that contain the same backend, so a reload keeps what was learnt.
 
+pub(crate) mod health;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};

@@ -16,8 +16,8 @@ use http::{HeaderValue, Method};
 use regex::Regex;
 
 use crate::auth::policy::RoutePolicy;
-use crate::cors::Cors;
-use crate::headers::HeaderOps;
+use crate::forwarding::cors::Cors;
+use crate::forwarding::headers::HeaderOps;
 use crate::upstream::UpstreamGroup;
 
 /// Whether a route needs a verified token.
