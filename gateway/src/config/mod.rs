@@ -4,14 +4,16 @@
 //! Every error names the file, the line and the key, so `portcullis-gateway -t` reads like
 //! `nginx -t`.
 
-pub mod auth;
+mod cors;
 pub mod file;
+mod issuers;
 mod limits;
 mod listeners;
+mod policy;
 mod routes;
 mod upstreams;
 
-pub use auth::{AuthSettings, IssuerSpec};
+pub use issuers::{AuthSettings, IssuerSpec};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -269,12 +271,12 @@ fn compile(
     let access_log = compile_access_log(main_src, &main)?;
     let (identity_prefix, request_id_header, signature_key) = compile_headers(main_src, &main)?;
     let upstreams = upstreams::compile_upstreams(main_src, &main, &includes, backends)?;
-    let auth_settings = auth::compile_settings(main_src, &main.auth)?;
+    let auth_settings = issuers::compile_settings(main_src, &main.auth)?;
     let edge = limits::compile_edge(main_src, &main.server.limits, auth_settings.max_token_size)?;
     let mut rule_names = limits::RuleNames::default();
     let default_rules =
         limits::compile_rules(main_src, &main.server.limit, "server", &mut rule_names)?;
-    let issuers = auth::compile_issuers(main_src, &main.issuers)?;
+    let issuers = issuers::compile_issuers(main_src, &main.issuers)?;
     let routes = routes::compile_routes(
         main_src,
         &main,

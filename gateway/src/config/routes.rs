@@ -10,7 +10,7 @@ use regex::Regex;
 use serde_saphyr::Spanned;
 
 use super::file::{self, HeaderOpsFile, IncludeFile, MainFile, PathMatchFile, RouteFile};
-use super::{auth, dur, limits, ConfigError, IssuerSpec, Loc, Source};
+use super::{cors, dur, limits, policy, ConfigError, IssuerSpec, Loc, Source};
 use crate::auth::identity::IdentityPrefix;
 use crate::forwarding::headers::HeaderOps;
 use crate::limits::EdgeLimits;
@@ -329,12 +329,12 @@ fn compile_route(
             })?),
         },
     };
-    let policy = auth::compile_policy(src, r, auth, issuers, identity)?;
+    let policy = policy::compile_policy(src, r, auth, issuers, identity)?;
     let name_for_limits = name.clone();
     let cors = v
         .cors
         .as_ref()
-        .map(|c| auth::compile_cors(src, c))
+        .map(|c| cors::compile_cors(src, c))
         .transpose()?;
     Ok(Route {
         policy,
