@@ -188,147 +188,14 @@ fn compile_route(
     lim: RouteLimits<'_>,
 ) -> Result<Route, ConfigError> {
     let v = &r.value;
-    let name = v.name.value.trim().to_string();
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c))
-    {
-        return Err(src
-            .at(&v.name)
-            .err("name: use letters, digits and - _ . : /"));
-    }
-    let host = match &v.matcher.host {
-        None => HostMatch::Any,
-        Some(h) => {
-            let lower = h.value.trim().to_ascii_lowercase();
-            let (wild, bare) = match lower.strip_prefix("*.") {
-                Some(rest) => (true, rest.to_string()),
-                None => (false, lower.clone()),
-            };
-            let valid = !bare.is_empty()
-                && bare.split('.').all(|l| {
-                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                });
-            if !valid {
-                return Err(src.at(h).err(format!(
-                    "match.host: {:?} is not a host name or *.domain wildcard (no port)",
-                    h.value
-                )));
-            }
-            if wild {
-                HostMatch::Wildcard(format!(".{bare}"))
-            } else {
-                HostMatch::Exact(bare)
-            }
-        }
-    };
-    let path = match &v.matcher.path {
-        None => PathMatch::Prefix("/".into()),
-        Some(p) => {
-            let loc = src.at(p);
-            match &p.value {
-                PathMatchFile::Exact(s) | PathMatchFile::Prefix(s) => {
-                    let norm = path::normalize(s)
-                        .map_err(|e| loc.err(format!("match.path: {s:?}: {e}")))?;
-                    if &norm != s
-                        && !(matches!(p.value, PathMatchFile::Prefix(_)) && norm == format!("{s}/"))
-                    {
-                        return Err(loc.err(format!("match.path: {s:?} never matches a normalised request path; write {norm:?}")));
-                    }
-                    if matches!(p.value, PathMatchFile::Exact(_)) {
-                        PathMatch::Exact(s.clone())
-                    } else {
-                        PathMatch::Prefix(s.clone())
-                    }
-                }
-                PathMatchFile::Regex(s) => PathMatch::Regex(
-                    Regex::new(s).map_err(|e| loc.err(format!("match.path.regex: {e}")))?,
-                ),
-            }
-        }
-    };
-    let mut methods = Vec::new();
-    for m in &v.matcher.methods {
-        let upper = m.value.trim().to_ascii_uppercase();
-        let method = Method::from_bytes(upper.as_bytes()).map_err(|_| {
-            src.at(m).err(format!(
-                "match.methods: {:?} is not an HTTP method",
-                m.value
-            ))
-        })?;
-        if !methods.contains(&method) {
-            methods.push(method);
-        }
-    }
-    let auth = match &v.auth {
-        None => AuthMode::Required,
-        Some(a) => match a.value.as_str() {
-            "public" => AuthMode::Public,
-            "optional" => AuthMode::Optional,
-            "required" => AuthMode::Required,
-            other => {
-                return Err(src.at(a).err(format!(
-                    "auth: {other:?} is not one of required, optional, public"
-                )))
-            }
-        },
-    };
-    let action = match (&v.upstream, &v.fixed) {
-        (Some(u), None) => match upstreams.get(&u.value) {
-            Some(g) => Action::Proxy(g.clone()),
-            None => {
-                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-                return Err(src.at(u).err(format!(
-                    "upstream: {:?} is not defined (defined: {})",
-                    u.value,
-                    known.join(", ")
-                )));
-            }
-        },
-        (None, Some(f)) => Action::Respond(
-            parse_return(&f.value).map_err(|e| src.at(f).err(format!("return: {e}")))?,
-        ),
-        (Some(_), Some(_)) => {
-            return Err(src
-                .at(r)
-                .err("upstream, return: a route either proxies or returns, not both"))
-        }
-        (None, None) => {
-            return Err(src
-                .at(r)
-                .err("upstream: missing (or give `return:` for a fixed response)"))
-        }
-    };
-    let rewrite = match (&v.strip_prefix, &v.rewrite) {
-        (Some(_), Some(_)) => {
-            return Err(src.at(r).err("strip_prefix, rewrite: use one or the other"))
-        }
-        (Some(p), None) => {
-            if !p.value.starts_with('/') {
-                return Err(src.at(p).err("strip_prefix: must start with '/'"));
-            }
-            PathRewrite::StripPrefix(p.value.clone())
-        }
-        (None, Some(rw)) => {
-            let re = Regex::new(&rw.value.regex)
-                .map_err(|e| src.at(rw).err(format!("rewrite.regex: {e}")))?;
-            PathRewrite::Regex(re, rw.value.replacement.clone())
-        }
-        (None, None) => PathRewrite::None,
-    };
-    let host_header = match &v.host_header {
-        None => HostHeader::Preserve,
-        Some(h) => match h.value.as_str() {
-            "preserve" => HostHeader::Preserve,
-            "upstream" => HostHeader::Upstream,
-            other => HostHeader::Fixed(HeaderValue::from_str(other).map_err(|_| {
-                src.at(h).err(format!(
-                    "host_header: {other:?} is not a valid header value"
-                ))
-            })?),
-        },
-    };
+    let name = route_name(src, v)?;
+    let host = host_match(src, v)?;
+    let path = path_match(src, v)?;
+    let methods = methods(src, v)?;
+    let auth = auth_mode(src, v)?;
+    let action = action(src, r, upstreams)?;
+    let rewrite = rewrite(src, r)?;
+    let host_header = host_header(src, v)?;
     let policy = policy::compile_policy(src, r, auth, issuers, identity)?;
     let name_for_limits = name.clone();
     let cors = v
@@ -380,6 +247,193 @@ fn compile_route(
             Some(list) => limits::compile_rules(src, list, &name_for_limits, lim.names)?,
         },
     })
+}
+
+/// `name`: letters, digits and `- _ . : /`.
+fn route_name(src: &Source, v: &RouteFile) -> Result<String, ConfigError> {
+    let name = v.name.value.trim().to_string();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c))
+    {
+        return Err(src
+            .at(&v.name)
+            .err("name: use letters, digits and - _ . : /"));
+    }
+    Ok(name)
+}
+
+/// `match.host`: an exact host name or a `*.domain` wildcard, lower case, no port.
+fn host_match(src: &Source, v: &RouteFile) -> Result<HostMatch, ConfigError> {
+    let host = match &v.matcher.host {
+        None => HostMatch::Any,
+        Some(h) => {
+            let lower = h.value.trim().to_ascii_lowercase();
+            let (wild, bare) = match lower.strip_prefix("*.") {
+                Some(rest) => (true, rest.to_string()),
+                None => (false, lower.clone()),
+            };
+            let valid = !bare.is_empty()
+                && bare.split('.').all(|l| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !valid {
+                return Err(src.at(h).err(format!(
+                    "match.host: {:?} is not a host name or *.domain wildcard (no port)",
+                    h.value
+                )));
+            }
+            if wild {
+                HostMatch::Wildcard(format!(".{bare}"))
+            } else {
+                HostMatch::Exact(bare)
+            }
+        }
+    };
+    Ok(host)
+}
+
+/// `match.path`: exact, prefix (written as the normalised form it matches) or regex.
+fn path_match(src: &Source, v: &RouteFile) -> Result<PathMatch, ConfigError> {
+    let path = match &v.matcher.path {
+        None => PathMatch::Prefix("/".into()),
+        Some(p) => {
+            let loc = src.at(p);
+            match &p.value {
+                PathMatchFile::Exact(s) | PathMatchFile::Prefix(s) => {
+                    let norm = path::normalize(s)
+                        .map_err(|e| loc.err(format!("match.path: {s:?}: {e}")))?;
+                    if &norm != s
+                        && !(matches!(p.value, PathMatchFile::Prefix(_)) && norm == format!("{s}/"))
+                    {
+                        return Err(loc.err(format!("match.path: {s:?} never matches a normalised request path; write {norm:?}")));
+                    }
+                    if matches!(p.value, PathMatchFile::Exact(_)) {
+                        PathMatch::Exact(s.clone())
+                    } else {
+                        PathMatch::Prefix(s.clone())
+                    }
+                }
+                PathMatchFile::Regex(s) => PathMatch::Regex(
+                    Regex::new(s).map_err(|e| loc.err(format!("match.path.regex: {e}")))?,
+                ),
+            }
+        }
+    };
+    Ok(path)
+}
+
+/// `match.methods`, upper case, without repeats.
+fn methods(src: &Source, v: &RouteFile) -> Result<Vec<Method>, ConfigError> {
+    let mut methods = Vec::new();
+    for m in &v.matcher.methods {
+        let upper = m.value.trim().to_ascii_uppercase();
+        let method = Method::from_bytes(upper.as_bytes()).map_err(|_| {
+            src.at(m).err(format!(
+                "match.methods: {:?} is not an HTTP method",
+                m.value
+            ))
+        })?;
+        if !methods.contains(&method) {
+            methods.push(method);
+        }
+    }
+    Ok(methods)
+}
+
+/// `auth`: required (the default), optional or public.
+fn auth_mode(src: &Source, v: &RouteFile) -> Result<AuthMode, ConfigError> {
+    let auth = match &v.auth {
+        None => AuthMode::Required,
+        Some(a) => match a.value.as_str() {
+            "public" => AuthMode::Public,
+            "optional" => AuthMode::Optional,
+            "required" => AuthMode::Required,
+            other => {
+                return Err(src.at(a).err(format!(
+                    "auth: {other:?} is not one of required, optional, public"
+                )))
+            }
+        },
+    };
+    Ok(auth)
+}
+
+/// `upstream` (a defined group) or `return` (a fixed response), exactly one.
+fn action(
+    src: &Source,
+    r: &Spanned<RouteFile>,
+    upstreams: &BTreeMap<String, Arc<UpstreamGroup>>,
+) -> Result<Action, ConfigError> {
+    let v = &r.value;
+    let action = match (&v.upstream, &v.fixed) {
+        (Some(u), None) => match upstreams.get(&u.value) {
+            Some(g) => Action::Proxy(g.clone()),
+            None => {
+                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                return Err(src.at(u).err(format!(
+                    "upstream: {:?} is not defined (defined: {})",
+                    u.value,
+                    known.join(", ")
+                )));
+            }
+        },
+        (None, Some(f)) => Action::Respond(
+            parse_return(&f.value).map_err(|e| src.at(f).err(format!("return: {e}")))?,
+        ),
+        (Some(_), Some(_)) => {
+            return Err(src
+                .at(r)
+                .err("upstream, return: a route either proxies or returns, not both"))
+        }
+        (None, None) => {
+            return Err(src
+                .at(r)
+                .err("upstream: missing (or give `return:` for a fixed response)"))
+        }
+    };
+    Ok(action)
+}
+
+/// `strip_prefix` or `rewrite` (regex and replacement), at most one.
+fn rewrite(src: &Source, r: &Spanned<RouteFile>) -> Result<PathRewrite, ConfigError> {
+    let v = &r.value;
+    let rewrite = match (&v.strip_prefix, &v.rewrite) {
+        (Some(_), Some(_)) => {
+            return Err(src.at(r).err("strip_prefix, rewrite: use one or the other"))
+        }
+        (Some(p), None) => {
+            if !p.value.starts_with('/') {
+                return Err(src.at(p).err("strip_prefix: must start with '/'"));
+            }
+            PathRewrite::StripPrefix(p.value.clone())
+        }
+        (None, Some(rw)) => {
+            let re = Regex::new(&rw.value.regex)
+                .map_err(|e| src.at(rw).err(format!("rewrite.regex: {e}")))?;
+            PathRewrite::Regex(re, rw.value.replacement.clone())
+        }
+        (None, None) => PathRewrite::None,
+    };
+    Ok(rewrite)
+}
+
+/// `host_header`: preserve (the default), upstream, or a fixed value.
+fn host_header(src: &Source, v: &RouteFile) -> Result<HostHeader, ConfigError> {
+    let host_header = match &v.host_header {
+        None => HostHeader::Preserve,
+        Some(h) => match h.value.as_str() {
+            "preserve" => HostHeader::Preserve,
+            "upstream" => HostHeader::Upstream,
+            other => HostHeader::Fixed(HeaderValue::from_str(other).map_err(|_| {
+                src.at(h).err(format!(
+                    "host_header: {other:?} is not a valid header value"
+                ))
+            })?),
+        },
+    };
+    Ok(host_header)
 }
 
 #[cfg(test)]
