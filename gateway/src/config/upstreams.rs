@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::file::{IncludeFile, MainFile, UpstreamFile};
+use super::file::{HealthCheckFile, IncludeFile, MainFile, TimeoutsFile, UpstreamFile};
 use super::listeners::read_cert_chain;
 use super::{dur, ConfigError, Loc, Source};
 use crate::upstream::{
@@ -124,44 +124,7 @@ fn compile_upstream(
             .at(u)
             .err(format!("{key}.backends: at least one backend is required")));
     }
-    let t = &v.timeouts;
-    let connect = dur(
-        src,
-        &t.connect,
-        &format!("{key}.timeouts.connect"),
-        Duration::from_secs(5),
-    )?;
-    let read = dur(
-        src,
-        &t.read,
-        &format!("{key}.timeouts.read"),
-        Duration::from_secs(60),
-    )?;
-    let write = dur(
-        src,
-        &t.write,
-        &format!("{key}.timeouts.write"),
-        Duration::from_secs(60),
-    )?;
-    let idle = dur(
-        src,
-        &t.idle,
-        &format!("{key}.timeouts.idle"),
-        Duration::from_secs(60),
-    )?;
-    for (k, d, value) in [
-        ("connect", &t.connect, connect),
-        ("read", &t.read, read),
-        ("write", &t.write, write),
-    ] {
-        if let Some(d) = d {
-            if value.is_zero() {
-                return Err(src
-                    .at(d)
-                    .err(format!("{key}.timeouts.{k}: must be greater than zero")));
-            }
-        }
-    }
+    let (connect, read, write, idle) = timeouts(src, &v.timeouts, &key)?;
     let tls = v.tls.as_ref().map(|t| &t.value);
     // Pingora pools upstream connections by peer hash, which ignores the CA: without a
     // per-group key, a connection verified against one group's CA could serve another group
@@ -237,64 +200,11 @@ fn compile_upstream(
             .at(u)
             .err(format!("{key}.tls: set, but no backend is https://")));
     }
-    let health_check = match &v.health_check {
-        None => None,
-        Some(h) => {
-            let hv = &h.value;
-            let kind = match hv.kind.as_ref().map(|k| k.value.as_str()) {
-                None | Some("tcp") => HealthCheckKind::Tcp,
-                Some("http") => {
-                    let path = hv
-                        .path
-                        .as_ref()
-                        .map(|p| p.value.clone())
-                        .unwrap_or_else(|| "/".into());
-                    if !path.starts_with('/') {
-                        return Err(src
-                            .at(h)
-                            .err(format!("{key}.health_check.path: must start with '/'")));
-                    }
-                    HealthCheckKind::Http {
-                        path,
-                        host: hv.host.clone().unwrap_or_else(|| "localhost".into()),
-                    }
-                }
-                Some(other) => {
-                    let k = hv
-                        .kind
-                        .as_ref()
-                        .map(|k| src.at(k))
-                        .unwrap_or_else(|| src.at(h));
-                    return Err(k.err(format!(
-                        "{key}.health_check.type: {other:?} is not one of tcp, http"
-                    )));
-                }
-            };
-            let interval = dur(
-                src,
-                &hv.interval,
-                &format!("{key}.health_check.interval"),
-                Duration::from_secs(5),
-            )?;
-            if interval < Duration::from_millis(100) {
-                return Err(src.at(h).err(format!(
-                    "{key}.health_check.interval: must be at least 100ms"
-                )));
-            }
-            Some(HealthCheck {
-                kind,
-                interval,
-                timeout: dur(
-                    src,
-                    &hv.timeout,
-                    &format!("{key}.health_check.timeout"),
-                    Duration::from_secs(1),
-                )?,
-                healthy_threshold: hv.healthy_threshold.unwrap_or(1).max(1),
-                unhealthy_threshold: hv.unhealthy_threshold.unwrap_or(1).max(1),
-            })
-        }
-    };
+    let health_check = v
+        .health_check
+        .as_ref()
+        .map(|h| health_check(src, h, &key))
+        .transpose()?;
     Ok(UpstreamGroup::new(
         name.to_string(),
         backends,
@@ -308,6 +218,114 @@ fn compile_upstream(
         )?,
         health_check,
     ))
+}
+
+/// `timeouts`: connect, read, write (none of them zero) and idle.
+fn timeouts(
+    src: &Source,
+    t: &TimeoutsFile,
+    key: &str,
+) -> Result<(Duration, Duration, Duration, Duration), ConfigError> {
+    let connect = dur(
+        src,
+        &t.connect,
+        &format!("{key}.timeouts.connect"),
+        Duration::from_secs(5),
+    )?;
+    let read = dur(
+        src,
+        &t.read,
+        &format!("{key}.timeouts.read"),
+        Duration::from_secs(60),
+    )?;
+    let write = dur(
+        src,
+        &t.write,
+        &format!("{key}.timeouts.write"),
+        Duration::from_secs(60),
+    )?;
+    let idle = dur(
+        src,
+        &t.idle,
+        &format!("{key}.timeouts.idle"),
+        Duration::from_secs(60),
+    )?;
+    for (k, d, value) in [
+        ("connect", &t.connect, connect),
+        ("read", &t.read, read),
+        ("write", &t.write, write),
+    ] {
+        if let Some(d) = d {
+            if value.is_zero() {
+                return Err(src
+                    .at(d)
+                    .err(format!("{key}.timeouts.{k}: must be greater than zero")));
+            }
+        }
+    }
+    Ok((connect, read, write, idle))
+}
+
+/// `health_check`: tcp (the default) or http with a path, interval (at least 100ms),
+/// timeout and thresholds.
+fn health_check(
+    src: &Source,
+    h: &Spanned<HealthCheckFile>,
+    key: &str,
+) -> Result<HealthCheck, ConfigError> {
+    let hv = &h.value;
+    let kind = match hv.kind.as_ref().map(|k| k.value.as_str()) {
+        None | Some("tcp") => HealthCheckKind::Tcp,
+        Some("http") => {
+            let path = hv
+                .path
+                .as_ref()
+                .map(|p| p.value.clone())
+                .unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') {
+                return Err(src
+                    .at(h)
+                    .err(format!("{key}.health_check.path: must start with '/'")));
+            }
+            HealthCheckKind::Http {
+                path,
+                host: hv.host.clone().unwrap_or_else(|| "localhost".into()),
+            }
+        }
+        Some(other) => {
+            let k = hv
+                .kind
+                .as_ref()
+                .map(|k| src.at(k))
+                .unwrap_or_else(|| src.at(h));
+            return Err(k.err(format!(
+                "{key}.health_check.type: {other:?} is not one of tcp, http"
+            )));
+        }
+    };
+    let interval = dur(
+        src,
+        &hv.interval,
+        &format!("{key}.health_check.interval"),
+        Duration::from_secs(5),
+    )?;
+    if interval < Duration::from_millis(100) {
+        return Err(src.at(h).err(format!(
+            "{key}.health_check.interval: must be at least 100ms"
+        )));
+    }
+    Ok(HealthCheck {
+        kind,
+        interval,
+        timeout: dur(
+            src,
+            &hv.timeout,
+            &format!("{key}.health_check.timeout"),
+            Duration::from_secs(1),
+        )?,
+        healthy_threshold: hv.healthy_threshold.unwrap_or(1).max(1),
+        unhealthy_threshold: hv.unhealthy_threshold.unwrap_or(1).max(1),
+    })
 }
 
 #[cfg(test)]
