@@ -15,6 +15,8 @@
 //!
 //! Every other module is private to the crate.
 
+#![warn(missing_docs)]
+
 mod access_log;
 mod admin;
 mod auth;
@@ -41,8 +43,8 @@ pub use auth::policy::{ArrayFormat, ClaimRule, ClaimTest, Requirement, RoutePoli
 pub use auth::{authenticate, Identity, IdentityHeaderNames, Outcome, Rejection};
 pub use cli::cli_main;
 pub use jwks::{
-    hmac_key, load_key_file, parse_jwks, IssuerKeyStats, IssuerKeys, JwksError, KeyRefresher,
-    KeySource, RefreshPolicy, VerifyKey,
+    hmac_key, load_key_file, parse_jwks, EcCurve, IssuerKeyStats, IssuerKeys, JwksError, KeyFamily,
+    KeyLookup, KeyRefresher, KeySet, KeySource, RefreshPolicy, VerifyKey,
 };
 pub use routing::AuthMode;
 pub use verify::{AuthError, Issuer, TokenCache, VerifiedToken, Verifier, VerifyObserver};
