@@ -1,7 +1,7 @@
 //! Heap bytes per cached token: verifies N distinct ES256 tokens (issuer-shaped, as in the
 //! benchmarks) into a verified-token cache and prints the heap growth (counting allocator),
 //! the cache's own weight estimate and the process RSS. Used to size the cache and to check
-//! `ENTRY_OVERHEAD` in src/verify.rs:
+//! `ENTRY_OVERHEAD` in src/verify/cache.rs:
 //! `cargo run --release -p portcullis-gateway --example cache_memory -- 10000`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
