@@ -21,6 +21,7 @@ use pingora::{ErrorSource, ErrorType};
 
 mod answers;
 mod pipeline;
+mod upstream_request;
 mod verify_endpoint;
 
 use pipeline::{CorsRequest, Head};
@@ -31,9 +32,8 @@ use crate::forwarding::client::ClientInfo;
 use crate::limits::conn;
 use crate::limits::rules::{Held, Stage};
 use crate::reload::LiveConfig;
-use crate::routing::{Action, AuthMode, HostHeader, Route};
+use crate::routing::{Action, Route};
 use crate::runtime::Generation;
-use crate::upstream::BackendAddress;
 
 /// The gateway's proxy logic.
 pub struct Gateway {
@@ -327,71 +327,13 @@ impl ProxyHttp for Gateway {
         )?;
         upstream.set_uri(uri);
 
-        match &route.host_header {
-            HostHeader::Preserve => {
-                if !upstream.headers.contains_key(header::HOST) && !ctx.host.is_empty() {
-                    upstream.insert_header(header::HOST, ctx.host.as_str())?;
-                }
-            }
-            HostHeader::Fixed(v) => upstream.insert_header(header::HOST, v.clone())?,
-            HostHeader::Upstream => {
-                if let (Action::Proxy(group), Some(idx)) = (&route.action, ctx.backend) {
-                    let value = match &group.backends[idx].address {
-                        BackendAddress::Tcp(a) => a.to_string(),
-                        BackendAddress::Tls { addr, host } => format!("{host}:{}", addr.port()),
-                        BackendAddress::Unix(_) => "localhost".to_string(),
-                    };
-                    upstream.insert_header(header::HOST, value)?;
-                }
-            }
-        }
+        upstream_request::set_host(upstream, &route, ctx)?;
 
         if let Some(client) = &ctx.client {
-            let xff = client.forwarded_for(
-                upstream
-                    .headers
-                    .get("x-forwarded-for")
-                    .and_then(|v| v.to_str().ok()),
-            );
-            upstream.insert_header("x-forwarded-for", xff)?;
-            upstream.insert_header("x-real-ip", client.client_ip.as_str())?;
-            let proto_in = upstream.headers.get("x-forwarded-proto").cloned();
-            match proto_in {
-                Some(p) if client.trusted => upstream.insert_header("x-forwarded-proto", p)?,
-                _ => upstream.insert_header(
-                    "x-forwarded-proto",
-                    if is_tls(session) { "https" } else { "http" },
-                )?,
-            }
-            let host_in = upstream.headers.get("x-forwarded-host").cloned();
-            match host_in {
-                Some(h) if client.trusted => upstream.insert_header("x-forwarded-host", h)?,
-                _ if !ctx.host.is_empty() => {
-                    upstream.insert_header("x-forwarded-host", ctx.host.as_str())?
-                }
-                _ => {
-                    upstream.remove_header("x-forwarded-host");
-                }
-            }
+            upstream_request::set_forwarding(upstream, client, &ctx.host, session)?;
         }
         upstream.insert_header(ctx.config.request_id_wire.clone(), ctx.request_id.clone())?;
-        if route.auth != AuthMode::Public && !route.policy.forward_token {
-            upstream.remove_header(&header::AUTHORIZATION);
-        }
-        if let Some(identity) = &ctx.identity {
-            for (name, value) in identity.wire_headers(&ctx.config.identity_names) {
-                upstream.insert_header(name, value.clone())?;
-            }
-            if let Some(key) = &ctx.config.signature_key {
-                let sig = crate::auth::identity::identity_signature(
-                    key,
-                    &ctx.config.identity_prefix,
-                    ctx.request_id(),
-                    upstream,
-                );
-                upstream.insert_header(ctx.config.identity_names.signature().clone(), sig)?;
-            }
-        }
+        upstream_request::set_identity(upstream, &route, ctx)?;
         if !route.request_headers.is_empty() {
             route.request_headers.apply_request(upstream)?;
         }
