@@ -33,6 +33,7 @@ bench: deps
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p portcullis-gateway --all-targets --features bench-internals -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

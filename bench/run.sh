@@ -319,9 +319,9 @@ if [ "$CRITERION" != 0 ]; then
   else
     crit_args=(--warm-up-time 1 --measurement-time 3)
   fi
-  CRIT_CMD="$CARGO bench -p portcullis-gateway --bench verifier -- ${crit_args[*]} --noplot --output-format bencher"
+  CRIT_CMD="$CARGO bench -p portcullis-gateway --features bench-internals --bench verifier -- ${crit_args[*]} --noplot --output-format bencher"
   log "criterion: $CRIT_CMD"
-  (cd "$ROOT" && "$CARGO" bench -p portcullis-gateway --bench verifier -- "${crit_args[@]}" \
+  (cd "$ROOT" && "$CARGO" bench -p portcullis-gateway --features bench-internals --bench verifier -- "${crit_args[@]}" \
     --noplot --output-format bencher) >"$TMP/criterion.txt" 2>"$TMP/logs/criterion.err" ||
     die "criterion failed: $(tail -n 20 "$TMP/logs/criterion.err")"
   while read -r name ns; do

@@ -22,15 +22,15 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::Method;
 use jsonwebtoken::Algorithm;
 use pingora::http::RequestHeader;
-use portcullis_gateway::auth::{Identity, IdentityHeaderNames};
-use portcullis_gateway::headers::{HeaderOps, IdentityPrefix};
-use portcullis_gateway::jwks::{self, IssuerKeys, KeySource, RefreshPolicy, VerifyKey};
-use portcullis_gateway::policy::RoutePolicy;
-use portcullis_gateway::routes::{
-    Action, AuthMode, FixedResponse, HostHeader, HostMatch, PathMatch, PathRewrite, Route,
+use portcullis_gateway::bench_internals::{
+    Action, FixedResponse, HeaderOps, HostHeader, HostMatch, PathMatch, PathRewrite, Route,
     RouteMatch, Router,
 };
-use portcullis_gateway::verify::{Issuer, TokenCache, Verifier, VerifyObserver};
+use portcullis_gateway::{
+    hmac_key, parse_jwks, AuthMode, Identity, IdentityHeaderNames, IdentityPrefix, Issuer,
+    IssuerKeys, KeySource, RefreshPolicy, RoutePolicy, TokenCache, Verifier, VerifyKey,
+    VerifyObserver,
+};
 use regex::Regex;
 
 #[path = "../../bench/tokengen/src/mint.rs"]
@@ -90,10 +90,10 @@ impl Fixture {
         let jwks = serde_json::json!({
             "keys": keys.iter().filter_map(mint::BenchKey::public_jwk).collect::<Vec<_>>()
         });
-        let public = jwks::parse_jwks(jwks.to_string().as_bytes(), false).expect("bench JWKS");
+        let public = parse_jwks(jwks.to_string().as_bytes(), false).expect("bench JWKS");
         let hs = &keys[3];
-        let secret = jwks::hmac_key(hs.hmac_secret().expect("HS256 secret"), Some(&hs.kid))
-            .expect("HMAC key");
+        let secret =
+            hmac_key(hs.hmac_secret().expect("HS256 secret"), Some(&hs.kid)).expect("HMAC key");
         let issuers = vec![
             issuer(
                 "bench",
@@ -261,7 +261,6 @@ fn verification(c: &mut Criterion) {
 fn route(name: String, path: PathMatch) -> Arc<Route> {
     Arc::new(Route {
         name,
-        source: String::new(),
         host: HostMatch::Any,
         path,
         methods: Vec::new(),

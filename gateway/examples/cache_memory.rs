@@ -1,7 +1,7 @@
 //! Heap bytes per cached token: verifies N distinct ES256 tokens (issuer-shaped, as in the
 //! benchmarks) into a verified-token cache and prints the heap growth (counting allocator),
 //! the cache's own weight estimate and the process RSS. Used to size the cache and to check
-//! `ENTRY_OVERHEAD` in src/verify.rs:
+//! `ENTRY_OVERHEAD` in src/verify/cache.rs:
 //! `cargo run --release -p portcullis-gateway --example cache_memory -- 10000`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use jsonwebtoken::Algorithm;
-use portcullis_gateway::jwks::{self, IssuerKeys, KeySource, RefreshPolicy};
-use portcullis_gateway::verify::{Issuer, TokenCache, Verifier, VerifyObserver};
+use portcullis_gateway::{
+    parse_jwks, Issuer, IssuerKeys, KeySource, RefreshPolicy, TokenCache, Verifier, VerifyObserver,
+};
 
 #[path = "../../bench/tokengen/src/mint.rs"]
 mod mint;
@@ -64,7 +65,7 @@ fn main() {
         .unwrap_or(10_000);
     let key = mint::BenchKey::generate("ES256");
     let jwks = serde_json::json!({ "keys": [key.public_jwk().expect("jwk")] });
-    let public = jwks::parse_jwks(jwks.to_string().as_bytes(), false).expect("jwks");
+    let public = parse_jwks(jwks.to_string().as_bytes(), false).expect("jwks");
     let iss = "https://bench.portcullis.test";
     let issuer = Arc::new(Issuer {
         name: "bench".into(),

@@ -8,7 +8,6 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,14 +15,12 @@ use jsonwebtoken::Algorithm;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::{background_service, BackgroundService};
-use portcullis_gateway::auth::{self, Identity, IdentityHeaderNames, Outcome};
-use portcullis_gateway::headers::IdentityPrefix;
-use portcullis_gateway::jwks::{IssuerKeys, KeySource, RefreshPolicy};
-use portcullis_gateway::policy::RoutePolicy;
-use portcullis_gateway::routes::AuthMode;
-use portcullis_gateway::verify::{Issuer, TokenCache, Verifier, VerifyObserver};
+use pingora::services::background::background_service;
+use portcullis_gateway::{
+    authenticate, AuthMode, Identity, IdentityHeaderNames, IdentityPrefix, Issuer, IssuerKeys,
+    KeyRefresher, KeySource, Outcome, RefreshPolicy, RoutePolicy, TokenCache, Verifier,
+    VerifyObserver,
+};
 
 /// Your proxy: anything you like, plus a verifier.
 struct MyProxy {
@@ -52,7 +49,7 @@ impl ProxyHttp for MyProxy {
         // 1. Identity headers are ours alone: drop whatever the client sent.
         self.prefix.strip(session.req_header_mut());
         // 2. Verify the token and apply the route policy.
-        match auth::authenticate(
+        match authenticate(
             session.req_header(),
             AuthMode::Required,
             &self.policy,
@@ -111,24 +108,6 @@ impl ProxyHttp for MyProxy {
     }
 }
 
-/// Keeps the issuer's keys fresh (a real deployment may share one refresher for many issuers).
-struct Refresh(Arc<IssuerKeys>);
-
-#[async_trait]
-impl BackgroundService for Refresh {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            if self.0.refresh_due() {
-                let _ = self.0.refresh().await;
-            }
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            }
-        }
-    }
-}
-
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -183,6 +162,7 @@ fn main() {
     let mut svc = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     svc.add_tcp(&listen);
     server.add_service(svc);
-    server.add_service(background_service("jwks", Refresh(keys)));
+    // Keeps the issuer's keys fresh (one refresher serves any number of issuers).
+    server.add_service(background_service("jwks", KeyRefresher::new(vec![keys])));
     server.run_forever();
 }

@@ -1,7 +1,7 @@
-//! Background JWKS refresh for every remote issuer of the live config, plus the JWKS
-//! metrics. Runs as a Pingora background service; the request path never waits on it.
+//! The gateway's key refresh: the [`KeyRefresher`] over the live config's issuers, the JWKS
+//! metrics, and `auth.require_keys_at_start`. Runs as a Pingora background service; the
+//! request path never waits on it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,24 +9,41 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::jwks::IssuerKeys;
+use crate::jwks::{IssuerKeys, KeyRefresher};
+use crate::metrics::Metrics;
 use crate::reload::LiveConfig;
+use crate::server::{Fatal, FatalError};
 
-/// Keeps issuer key sets fresh.
-pub struct KeyRefresher {
+/// How long `require_keys_at_start` waits for the first keys.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keeps the live config's issuer key sets fresh.
+pub struct GatewayKeyRefresh {
     live: Arc<LiveConfig>,
+    refresher: KeyRefresher,
+    fatal: Arc<Fatal>,
 }
 
-impl KeyRefresher {
-    /// A refresher over the live config's issuers.
-    pub fn new(live: Arc<LiveConfig>) -> Self {
-        KeyRefresher { live }
+impl GatewayKeyRefresh {
+    /// A refresher over the live config's issuers; a missing key set at start (when required)
+    /// is reported through `fatal`.
+    pub fn new(live: Arc<LiveConfig>, fatal: Arc<Fatal>) -> Self {
+        let following = live.clone();
+        let metrics = live.metrics.clone();
+        let refresher = KeyRefresher::following(move || {
+            following.current().issuer_keys.values().cloned().collect()
+        })
+        .with_observer(move |keys| publish(&metrics, keys));
+        GatewayKeyRefresh {
+            live,
+            refresher,
+            fatal,
+        }
     }
 }
 
-fn publish(live: &LiveConfig, keys: &IssuerKeys) {
+fn publish(m: &Metrics, keys: &IssuerKeys) {
     let s = keys.stats();
-    let m = &live.metrics;
     // The key cache counts its fetches; the counters follow it (never backwards: a cache that
     // a reload replaced starts again from zero).
     for (result, total) in [("ok", s.fetches_ok), ("error", s.fetches_failed)] {
@@ -43,22 +60,9 @@ fn publish(live: &LiveConfig, keys: &IssuerKeys) {
         .set(s.keys as i64);
 }
 
-/// Fetches the keys of every required remote issuer once, waiting at most `timeout`;
-/// returns the names of issuers still without keys.
-pub async fn initial_fetch(keys: Vec<Arc<IssuerKeys>>, timeout: Duration) -> Vec<String> {
-    let fetches = keys.iter().map(|k| async move {
-        let _ = tokio::time::timeout(timeout, k.refresh()).await;
-    });
-    futures::future::join_all(fetches).await;
-    keys.iter()
-        .filter(|k| !k.is_ready())
-        .map(|k| k.name().to_string())
-        .collect()
-}
-
 #[async_trait]
-impl BackgroundService for KeyRefresher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+impl BackgroundService for GatewayKeyRefresh {
+    async fn start(&self, shutdown: ShutdownWatch) {
         let cfg = self.live.current();
         if cfg.auth.require_keys_at_start {
             let required: Vec<Arc<IssuerKeys>> = cfg
@@ -67,39 +71,18 @@ impl BackgroundService for KeyRefresher {
                 .filter(|i| i.required)
                 .map(|i| i.keys.clone())
                 .collect();
-            let missing = initial_fetch(required, Duration::from_secs(10)).await;
+            let missing = KeyRefresher::initial_fetch(&required, START_TIMEOUT).await;
             if !missing.is_empty() {
                 tracing::error!(
                     "auth.require_keys_at_start: no signing keys for issuer(s) {}; exiting",
                     missing.join(", ")
                 );
-                std::process::exit(1);
+                // The process decides what a fatal start-up error means (it exits 1).
+                self.fatal.fail(FatalError::NoKeysAtStart(missing));
+                return;
             }
         }
-        let mut running: HashMap<usize, tokio::task::JoinHandle<()>> = HashMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
-            let cfg = self.live.current();
-            running.retain(|_, h| !h.is_finished());
-            for keys in cfg.issuer_keys.values() {
-                publish(&self.live, keys);
-                let id = Arc::as_ptr(keys) as usize;
-                if running.contains_key(&id) || !keys.refresh_due() {
-                    continue;
-                }
-                let keys = keys.clone();
-                running.insert(
-                    id,
-                    tokio::spawn(async move {
-                        // Failures are logged and counted inside; the old keys stay in use.
-                        let _ = keys.refresh().await;
-                    }),
-                );
-            }
-        }
+        drop(cfg);
+        self.refresher.run(shutdown).await
     }
 }

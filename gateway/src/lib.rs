@@ -1,23 +1,61 @@
-//! Portcullis gateway: a Pingora reverse proxy with YAML routes, nginx habits and (from the
-//! verification issue on) in-process JWT checks.
+//! Portcullis gateway: a Pingora reverse proxy that verifies JWTs in-process and enforces
+//! YAML route rules.
+//!
+//! The binary is [`cli_main`]. The rest of this crate root is the plugin API: what a Pingora
+//! `ProxyHttp` of your own needs to verify tokens the way the gateway does (see
+//! `examples/plugin.rs`):
+//!
+//! - keys: [`IssuerKeys`] from a [`KeySource`] under a [`RefreshPolicy`], kept fresh by a
+//!   [`KeyRefresher`] (a Pingora background service);
+//! - verification: a [`Verifier`] over [`Issuer`]s with a shared [`TokenCache`];
+//! - per-route rules: [`RoutePolicy`] and [`AuthMode`];
+//! - the request step: [`authenticate`] → [`Outcome`] (an [`Identity`] or a [`Rejection`]);
+//! - identity headers: [`IdentityPrefix`] (strip what clients forged) and
+//!   [`IdentityHeaderNames`] (the names the identity is written under).
+//!
+//! Every other module is private to the crate.
 
-pub mod access_log;
-pub mod admin;
-pub mod auth;
-pub mod config;
-pub mod cors;
-pub mod headers;
-pub mod health;
-pub mod jwks;
-pub mod key_refresh;
-pub mod limits;
-pub mod metrics;
-pub mod path;
-pub mod policy;
-pub mod proxy;
-pub mod reload;
-pub mod routes;
-pub mod server;
-pub mod token;
-pub mod upstream;
-pub mod verify;
+#![warn(missing_docs)]
+
+mod access_log;
+mod admin;
+mod auth;
+mod cli;
+mod config;
+mod forwarding;
+mod jwks;
+mod key_refresh;
+mod limits;
+mod metrics;
+mod proxy;
+mod reload;
+mod routing;
+mod runtime;
+mod server;
+mod upstream;
+mod verify;
+
+#[cfg(test)]
+mod properties;
+
+pub use auth::identity::{IdentityPrefix, IDENTITY_SUFFIXES};
+pub use auth::policy::{ArrayFormat, ClaimRule, ClaimTest, Requirement, RoutePolicy, TokenSources};
+pub use auth::{authenticate, Identity, IdentityHeaderNames, Outcome, Rejection};
+pub use cli::cli_main;
+pub use jwks::{
+    hmac_key, load_key_file, parse_jwks, EcCurve, IssuerKeyStats, IssuerKeys, JwksError, KeyFamily,
+    KeyLookup, KeyRefresher, KeySet, KeySource, RefreshPolicy, VerifyKey,
+};
+pub use routing::AuthMode;
+pub use verify::{AuthError, Issuer, TokenCache, VerifiedToken, Verifier, VerifyObserver};
+
+/// Internals the criterion benches measure (route matching, header edits); not an API.
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod bench_internals {
+    pub use crate::forwarding::headers::HeaderOps;
+    pub use crate::routing::{
+        Action, FixedResponse, HostHeader, HostMatch, PathMatch, PathRewrite, Route, RouteMatch,
+        Router,
+    };
+}

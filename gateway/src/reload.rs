@@ -1,6 +1,6 @@
 //! Live configuration and reloads (SIGHUP, `--watch`).
 //!
-//! The compiled config sits behind an `ArcSwap`: requests load it once, reloads replace it
+//! The running [`Generation`] sits behind an `ArcSwap`: requests load it once, reloads replace it
 //! whole. A config that fails to load is logged and the running one stays.
 
 use std::path::{Path, PathBuf};
@@ -10,13 +10,14 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
-use crate::config::{self, Carry, ConfigError, GatewayConfig};
+use crate::config::ConfigError;
 use crate::metrics::Metrics;
+use crate::runtime::{self, Carry, Generation};
 
 /// The running configuration plus what outlives any one generation of it.
 pub struct LiveConfig {
     path: PathBuf,
-    current: ArcSwap<GatewayConfig>,
+    current: ArcSwap<Generation>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// Access log writer.
@@ -28,7 +29,7 @@ impl LiveConfig {
     /// Wraps a freshly loaded config read from `path`.
     pub fn new(
         path: PathBuf,
-        cfg: GatewayConfig,
+        cfg: Generation,
         metrics: Arc<Metrics>,
         access_log: AccessLog,
     ) -> Self {
@@ -42,7 +43,7 @@ impl LiveConfig {
     }
 
     /// The config in force now.
-    pub fn current(&self) -> Arc<GatewayConfig> {
+    pub fn current(&self) -> Arc<Generation> {
         self.current.load_full()
     }
 
@@ -51,8 +52,8 @@ impl LiveConfig {
         // Serialise reloads (SIGHUP and --watch may race); never taken on the request path.
         let _guard = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
-        let carry = Carry::from_config(&old);
-        match config::load(&self.path, &carry) {
+        let carry = Carry::from_generation(&old);
+        match runtime::load(&self.path, &carry) {
             Ok(new) => {
                 if new.listeners != old.listeners
                     || new.admin != old.admin

@@ -4,22 +4,24 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
 
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use thiserror::Error;
 
 use crate::admin::AdminApp;
 use crate::config::{ListenerSpec, TlsSpec};
-use crate::health::HealthChecker;
-use crate::key_refresh::KeyRefresher;
+use crate::key_refresh::GatewayKeyRefresh;
 use crate::limits::conn::EdgeApp;
 use crate::proxy::Gateway;
 use crate::reload::LiveConfig;
+use crate::upstream::health::HealthChecker;
 
 /// Why the server could not be assembled.
 #[derive(Debug, Error)]
@@ -32,6 +34,71 @@ pub enum ServerError {
         /// What failed.
         message: String,
     },
+}
+
+/// An error that ends the process after start-up (the server shuts down fast, the binary
+/// exits 1).
+#[derive(Debug, Error)]
+pub enum FatalError {
+    /// `auth.require_keys_at_start` and these issuers have no keys.
+    #[error("auth.require_keys_at_start: no signing keys for issuer(s) {}", .0.join(", "))]
+    NoKeysAtStart(Vec<String>),
+}
+
+/// Where background services report a [`FatalError`]; the first one wins.
+#[derive(Default)]
+pub struct Fatal {
+    error: Mutex<Option<FatalError>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Fatal {
+    /// Records `error` and starts a fast shutdown.
+    pub fn fail(&self, error: FatalError) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(error);
+            // notify_one keeps a permit when nobody waits yet.
+            self.notify.notify_one();
+        }
+    }
+
+    /// Takes the recorded error, if any.
+    fn take(&self) -> Option<FatalError> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Pingora's Unix shutdown signals (SIGQUIT upgrade, SIGTERM drain, SIGINT fast) plus a fast
+/// shutdown on a [`FatalError`].
+struct Signals(Arc<Fatal>);
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut upgrade = signal(SignalKind::quit()).expect("SIGQUIT handler");
+        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = upgrade.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = terminate.recv() => ShutdownSignal::GracefulTerminate,
+            _ = interrupt.recv() => ShutdownSignal::FastShutdown,
+            _ = self.0.notify.notified() => ShutdownSignal::FastShutdown,
+        }
+    }
+}
+
+/// Runs `server` until it shuts down; Err when it stopped for a [`FatalError`].
+pub fn run(server: Server, fatal: Arc<Fatal>) -> Result<(), FatalError> {
+    let args = RunArgs {
+        shutdown_signal: Box::new(Signals(fatal.clone())),
+    };
+    server.run(args);
+    match fatal.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Process flags that map onto Pingora's own.
@@ -77,8 +144,12 @@ fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// Builds the Pingora server; the caller runs it with `run_forever`.
-pub fn build(live: Arc<LiveConfig>, flags: ProcessFlags) -> Result<Server, ServerError> {
+/// Builds the Pingora server; the caller runs it with [`run`].
+pub fn build(
+    live: Arc<LiveConfig>,
+    flags: ProcessFlags,
+    fatal: Arc<Fatal>,
+) -> Result<Server, ServerError> {
     let cfg = live.current();
     let s = &cfg.server;
     let conf = ServerConf {
@@ -170,7 +241,7 @@ pub fn build(live: Arc<LiveConfig>, flags: ProcessFlags) -> Result<Server, Serve
     server
         .add_service(background_service(
             "portcullis-jwks",
-            KeyRefresher::new(live),
+            GatewayKeyRefresh::new(live, fatal),
         ))
         .add_dependency(&bootstrap);
     Ok(server)

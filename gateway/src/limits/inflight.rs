@@ -43,6 +43,7 @@ impl InflightTable {
         }
     }
 
+    #[cfg(test)]
     /// Bytes of state the table holds (fixed at creation): 8 per counter pair.
     pub(crate) fn memory_bytes(&self) -> usize {
         std::mem::size_of_val::<[AtomicU32]>(&self.counters)

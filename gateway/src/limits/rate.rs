@@ -132,6 +132,7 @@ impl RateTable {
         }
     }
 
+    #[cfg(test)]
     /// Bytes of state the table holds (fixed at creation): 8 per key it can remember.
     pub(crate) fn memory_bytes(&self) -> usize {
         std::mem::size_of_val::<[AtomicU64]>(&self.slots)

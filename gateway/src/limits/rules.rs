@@ -124,11 +124,6 @@ impl LimitState {
             inflight: Arc::new(InflightTable::new(keys)),
         }
     }
-
-    /// Bytes the tables hold; fixed, whatever the traffic.
-    pub fn memory_bytes(&self) -> usize {
-        self.rates.memory_bytes() + self.inflight.memory_bytes()
-    }
 }
 
 /// Concurrency slots a request holds until it ends (dropped with the request context).

@@ -1,4 +1,4 @@
-//! Finding the bearer token in a request: the `Authorization` header, a cookie, or a query
+//! Token sources: finding the bearer token in a request: the `Authorization` header, a cookie, or a query
 //! parameter, as the route allows. Two different tokens in one request are refused, so
 //! that no two components can disagree about which one counts.
 
@@ -6,7 +6,7 @@ use http::header;
 use pingora::http::RequestHeader;
 use thiserror::Error;
 
-use crate::policy::TokenSources;
+use crate::auth::policy::TokenSources;
 
 /// A request that carries its token ambiguously (answered with 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]

@@ -5,6 +5,8 @@
 //! walked with one atomic counter; backend health lives in atomics shared (by `Arc`) between
 //! the config generations that contain the same backend, so a reload keeps what was learnt.
 
+pub(crate) mod health;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -245,11 +247,6 @@ impl UpstreamGroup {
             return Some(idx);
         }
         fallback
-    }
-
-    /// Whether any backend is currently eligible.
-    pub fn has_available(&self) -> bool {
-        self.backends.iter().any(|b| b.state.is_healthy())
     }
 
     /// Records a failed connection to backend `idx` (nginx `max_fails` / `fail_timeout`).

@@ -3,20 +3,20 @@
 //! (the "plugin" use): call [`authenticate`] in `request_filter`, answer a [`Rejection`] with
 //! its status and `WWW-Authenticate`, and add [`Identity::headers`] to the upstream request.
 
-use std::sync::Arc;
+pub(crate) mod identity;
+pub(crate) mod policy;
+pub(crate) mod sources;
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+pub use identity::{Identity, IdentityHeaderNames};
+
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use serde_json::Value;
 
-use crate::headers::IdentityPrefix;
-use crate::policy::{ArrayFormat, Denial, RoutePolicy};
-use crate::routes::AuthMode;
-use crate::token::{self, TokenSourceError};
-use crate::verify::{
-    claim_at, header_value, now_secs, AuthError, VerifiedToken, Verifier, VerifyObserver,
-};
+use crate::routing::AuthMode;
+use crate::verify::{claim_at, header_value, now_secs, AuthError, Verifier, VerifyObserver};
+use policy::{ArrayFormat, Denial, RoutePolicy};
+use sources::TokenSourceError;
 
 /// Why a request was not let through, ready to be answered per RFC 6750.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,78 +92,6 @@ impl Rejection {
     }
 }
 
-/// A verified caller on a route.
-pub struct Identity {
-    /// The verified token (shared with the cache).
-    pub token: Arc<VerifiedToken>,
-    /// The route's extra claim headers.
-    pub extra: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl Identity {
-    /// All identity headers to send upstream: the defaults then the route's mappings.
-    pub fn headers<'a>(
-        &'a self,
-        names: &'a IdentityHeaderNames,
-    ) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> {
-        self.token
-            .identity()
-            .filter_map(move |(slot, v)| names.0.get(slot)?.as_ref().map(|n| (n, v)))
-            .chain(self.extra.iter().map(|(n, v)| (n, v)))
-    }
-
-    /// [`Identity::headers`] with each name as `Bytes` for `RequestHeader::insert_header`:
-    /// the default names are shared (no copy per request, unlike a `HeaderName`).
-    pub fn wire_headers<'a>(
-        &'a self,
-        names: &'a IdentityHeaderNames,
-    ) -> impl Iterator<Item = (Bytes, &'a HeaderValue)> {
-        self.token
-            .identity()
-            .filter_map(move |(slot, v)| names.2.get(slot)?.clone().map(|n| (n, v)))
-            .chain(
-                self.extra
-                    .iter()
-                    .map(|(n, v)| (Bytes::copy_from_slice(n.as_str().as_bytes()), v)),
-            )
-    }
-}
-
-/// The default identity header names under the configured prefix, computed once (indexed
-/// like [`IDENTITY_SUFFIXES`]).
-#[derive(Debug, Clone)]
-pub struct IdentityHeaderNames(Vec<Option<HeaderName>>, HeaderName, Vec<Option<Bytes>>);
-
-/// Suffixes of the default identity headers (`X-Auth-Subject`, …).
-pub const IDENTITY_SUFFIXES: [&str; 8] = crate::verify::IDENTITY_SLOTS;
-
-impl IdentityHeaderNames {
-    /// Names for `prefix` (e.g. `x-auth-`).
-    pub fn new(prefix: &IdentityPrefix) -> Self {
-        let name = |suffix: &str| {
-            HeaderName::from_bytes(format!("{}{suffix}", prefix.as_str()).as_bytes()).ok()
-        };
-        let names: Vec<Option<HeaderName>> = IDENTITY_SUFFIXES.iter().map(|s| name(s)).collect();
-        let wire = names
-            .iter()
-            .map(|n| {
-                n.as_ref()
-                    .map(|n| Bytes::copy_from_slice(n.as_str().as_bytes()))
-            })
-            .collect();
-        IdentityHeaderNames(
-            names,
-            name("signature").unwrap_or(HeaderName::from_static("x-auth-signature")),
-            wire,
-        )
-    }
-
-    /// The `…-Signature` header name.
-    pub fn signature(&self) -> &HeaderName {
-        &self.1
-    }
-}
-
 /// What to do with a request.
 pub enum Outcome {
     /// Public route: no token looked at.
@@ -207,7 +135,7 @@ pub async fn authenticate(
     if mode == AuthMode::Public {
         return Outcome::Public;
     }
-    let token = match token::extract(req, &policy.sources) {
+    let token = match sources::extract(req, &policy.sources) {
         Ok(Some(t)) => t,
         Ok(None) if mode == AuthMode::Optional => return Outcome::Anonymous,
         Ok(None) => return Outcome::Rejected(Rejection::token(AuthError::Missing)),

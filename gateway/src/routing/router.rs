@@ -15,9 +15,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 use regex::Regex;
 
-use crate::cors::Cors;
-use crate::headers::HeaderOps;
-use crate::policy::RoutePolicy;
+use crate::auth::policy::RoutePolicy;
+use crate::forwarding::cors::Cors;
+use crate::forwarding::headers::HeaderOps;
 use crate::upstream::UpstreamGroup;
 
 /// Whether a route needs a verified token.
@@ -135,8 +135,6 @@ pub enum HostHeader {
 pub struct Route {
     /// Unique name (metrics, logs).
     pub name: String,
-    /// `file:line` it was defined at, for messages.
-    pub source: String,
     /// Host condition.
     pub host: HostMatch,
     /// Path condition.
@@ -313,7 +311,6 @@ mod tests {
     fn route(name: &str, host: HostMatch, path: PathMatch, methods: &[&str]) -> Arc<Route> {
         Arc::new(Route {
             name: name.into(),
-            source: String::new(),
             host,
             path,
             methods: methods.iter().map(|m| m.parse().unwrap()).collect(),

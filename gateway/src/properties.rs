@@ -1,14 +1,16 @@
 //! Property tests (run in `make test`, a few hundred cases each): the token parser, the path
-//! normaliser and the router never panic, and their answers are consistent.
+//! normaliser and the router never panic, and their answers are consistent. Crate-internal
+//! (they drive private modules), so they live here rather than in `tests/`.
 
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::Method;
-use portcullis_gateway::path::normalize;
-use portcullis_gateway::verify::{AuthError, TokenCache, Verifier, VerifyObserver};
 use proptest::prelude::*;
+
+use crate::routing::path::normalize;
+use crate::verify::{AuthError, TokenCache, Verifier, VerifyObserver};
 
 struct Quiet;
 impl VerifyObserver for Quiet {
@@ -56,7 +58,7 @@ proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("g.yaml");
         std::fs::write(&file, cfg_text).expect("write");
-        let cfg = portcullis_gateway::config::load(&file, &Default::default()).expect("config");
+        let cfg = crate::config::load(&file, &Default::default()).expect("config");
         let method = [Method::GET, Method::POST, Method::DELETE, Method::OPTIONS][m].clone();
         let _ = cfg.router.lookup(&host, &path, &method);
     }
