@@ -557,142 +557,28 @@ mod tests {
     use crate::jwks::test_keys::*;
     use crate::jwks::{hmac_key, EcCurve, KeyLookup};
     use jsonwebtoken::Algorithm;
+    use portcullis_testkit::jwks::{JwksServer, JWKS_PATH};
     use serde_json::json;
-    use std::io::{Read, Write};
-    use std::path::Path;
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::Mutex;
 
-    // ---- a tiny HTTP/1.1 server on std threads, counting what it answers ----
+    // ---- the test kit's JWKS server, set up like the fetchers' usual issuer ----
 
-    #[derive(Clone)]
-    struct Reply {
-        status: u16,
-        body: Vec<u8>,
-        etag: Option<String>,
-        cache_control: Option<String>,
-        delay: Duration,
-        content_length: bool,
+    /// A JWKS server publishing `keys` under the ETag `"v1"` with `max-age=300`.
+    fn test_server(keys: Vec<Value>) -> JwksServer {
+        let server = JwksServer::start();
+        server.set_keys(keys);
+        server.set_fixed_etag(Some("\"v1\"".into()));
+        server.set_cache_control(Some("max-age=300".into()));
+        server
     }
 
-    struct TestServer {
-        reply: Mutex<Reply>,
-        discovery: Mutex<Option<Value>>,
-        hits: AtomicUsize,
-        not_modified: AtomicUsize,
-    }
-
-    impl TestServer {
-        fn new(body: Vec<u8>) -> Arc<TestServer> {
-            Arc::new(TestServer {
-                reply: Mutex::new(Reply {
-                    status: 200,
-                    body,
-                    etag: Some("\"v1\"".into()),
-                    cache_control: Some("max-age=300".into()),
-                    delay: Duration::ZERO,
-                    content_length: true,
-                }),
-                discovery: Mutex::new(None),
-                hits: AtomicUsize::new(0),
-                not_modified: AtomicUsize::new(0),
-            })
-        }
-
-        fn set(&self, change: impl FnOnce(&mut Reply)) {
-            change(&mut self.reply.lock().unwrap());
-        }
-
-        fn hits(&self) -> usize {
-            self.hits.load(Ordering::SeqCst)
-        }
-
-        fn handle(&self, mut stream: impl Read + Write) {
-            let mut head = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut chunk) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let head = String::from_utf8_lossy(&head).into_owned();
-            let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-            let if_none_match = head.lines().find_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                name.eq_ignore_ascii_case("if-none-match")
-                    .then(|| value.trim().to_owned())
-            });
-            let discovery = self.discovery.lock().unwrap().clone();
-            if let (true, Some(doc)) = (path == "/.well-known/openid-configuration", discovery) {
-                let body = serde_json::to_vec(&doc).unwrap();
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(&body);
-                return;
-            }
-            self.hits.fetch_add(1, Ordering::SeqCst);
-            let reply = self.reply.lock().unwrap().clone();
-            std::thread::sleep(reply.delay);
-            let not_modified = reply.status == 200
-                && reply.etag.is_some()
-                && if_none_match.as_deref() == reply.etag.as_deref();
-            let (status, body) = if not_modified {
-                self.not_modified.fetch_add(1, Ordering::SeqCst);
-                (304, Vec::new())
-            } else {
-                (reply.status, reply.body)
-            };
-            let mut out = format!("HTTP/1.1 {status} Whatever\r\nConnection: close\r\n");
-            if let Some(tag) = &reply.etag {
-                out.push_str(&format!("ETag: {tag}\r\n"));
-            }
-            if let Some(cc) = &reply.cache_control {
-                out.push_str(&format!("Cache-Control: {cc}\r\n"));
-            }
-            if status != 304 && reply.content_length {
-                out.push_str(&format!("Content-Length: {}\r\n", body.len()));
-            }
-            out.push_str("\r\n");
-            let _ = stream.write_all(out.as_bytes());
-            let _ = stream.write_all(&body);
-        }
-    }
-
-    /// Serves on 127.0.0.1; returns the base URL.
-    fn serve_tcp(server: &Arc<TestServer>) -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = server.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let server = server.clone();
-                std::thread::spawn(move || server.handle(stream));
-            }
-        });
-        format!("http://{addr}")
-    }
-
-    fn serve_unix(server: &Arc<TestServer>, path: &Path) {
-        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
-        let server = server.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let server = server.clone();
-                std::thread::spawn(move || server.handle(stream));
-            }
-        });
+    fn ec_keys(kids: &[&str]) -> Vec<Value> {
+        kids.iter()
+            .map(|kid| ec_jwk(&ec_pair(EcCurve::P256), kid))
+            .collect()
     }
 
     fn ec_doc(kids: &[&str]) -> Vec<u8> {
-        let keys: Vec<Value> = kids
-            .iter()
-            .map(|kid| ec_jwk(&ec_pair(EcCurve::P256), kid))
-            .collect();
-        jwks(&keys)
+        jwks(&ec_keys(kids))
     }
 
     fn within(d: Option<Duration>, low_secs: u64, high_secs: u64) -> bool {
@@ -701,12 +587,11 @@ mod tests {
 
     #[tokio::test]
     async fn refresh_uses_etag_and_clamps_max_age() {
-        let server = TestServer::new(ec_doc(&["k1"]));
-        server.set(|r| r.cache_control = Some("public, max-age=5".into()));
-        let base = serve_tcp(&server);
+        let server = test_server(ec_keys(&["k1"]));
+        server.set_cache_control(Some("public, max-age=5".into()));
         let keys = IssuerKeys::new(
             "t".into(),
-            KeySource::Remote(format!("{base}/jwks")),
+            KeySource::Remote(server.url()),
             RefreshPolicy::default(),
         );
         assert!(!keys.is_ready() && keys.current().is_none());
@@ -720,10 +605,10 @@ mod tests {
         assert!(!keys.refresh_due());
 
         // The ETag is sent back; the 304 keeps the set and generation.
-        server.set(|r| r.cache_control = Some("max-age=999999".into()));
+        server.set_cache_control(Some("max-age=999999".into()));
         let before = keys.current().unwrap();
         assert_eq!(keys.refresh().await, Ok(false));
-        assert_eq!(server.not_modified.load(Ordering::SeqCst), 1);
+        assert_eq!(server.not_modified_count(), 1);
         let after = keys.current().unwrap();
         assert_eq!(after.generation, 1);
         assert!(Arc::ptr_eq(&before.keys[0], &after.keys[0]));
@@ -732,28 +617,26 @@ mod tests {
         assert!(within(keys.next_refresh_in(), 3599, 3600));
 
         // No max-age: default_refresh (5 min).
-        server.set(|r| r.cache_control = None);
+        server.set_cache_control(None);
         assert_eq!(keys.refresh().await, Ok(false));
         assert!(within(keys.next_refresh_in(), 299, 300));
 
         // New content under a new ETag: a new generation.
-        server.set(|r| {
-            r.body = ec_doc(&["k2", "k3"]);
-            r.etag = Some("\"v2\"".into());
-        });
+        server.set_keys(ec_keys(&["k2", "k3"]));
+        server.set_fixed_etag(Some("\"v2\"".into()));
         assert_eq!(keys.refresh().await, Ok(true));
         let set = keys.current().unwrap();
         assert_eq!((set.generation, set.keys.len()), (2, 2));
         // Same keys under yet another ETag: not a change.
-        server.set(|r| r.etag = Some("\"v3\"".into()));
+        server.set_fixed_etag(Some("\"v3\"".into()));
         assert_eq!(keys.refresh().await, Ok(false));
         assert_eq!(keys.current().unwrap().generation, 2);
         // Without an ETag, refreshes are plain GETs.
-        server.set(|r| r.etag = None);
+        server.set_etag_enabled(false);
         assert_eq!(keys.refresh().await, Ok(false));
 
-        assert_eq!(server.hits(), 6);
-        assert_eq!(server.not_modified.load(Ordering::SeqCst), 2);
+        assert_eq!(server.fetch_count(), 6);
+        assert_eq!(server.not_modified_count(), 2);
         let stats = keys.stats();
         assert_eq!(
             (stats.fetches_ok, stats.fetches_failed, stats.keys),
@@ -764,16 +647,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn unknown_kid_flood_causes_one_fetch() {
-        let server = TestServer::new(ec_doc(&["k1"]));
-        let base = serve_tcp(&server);
+        let server = test_server(ec_keys(&["k1"]));
         let keys = IssuerKeys::new(
             "t".into(),
-            KeySource::Remote(format!("{base}/jwks")),
+            KeySource::Remote(server.url()),
             RefreshPolicy::default(),
         );
         assert_eq!(keys.refresh().await, Ok(true));
         // A slow server, so the concurrent callers really overlap the one fetch.
-        server.set(|r| r.delay = Duration::from_millis(300));
+        server.set_delay(Duration::from_millis(300));
         let tasks: Vec<_> = (0..10)
             .map(|t| {
                 let keys = keys.clone();
@@ -791,57 +673,50 @@ mod tests {
             task.await.unwrap();
         }
         assert_eq!(
-            server.hits(),
+            server.fetch_count(),
             2,
             "one initial fetch and one unknown-kid fetch"
         );
         assert_eq!(keys.stats().unknown_kid_fetches, 1);
         // Still within the cooldown.
         keys.refetch_for_unknown_kid("yet-another").await;
-        assert_eq!(server.hits(), 2);
+        assert_eq!(server.fetch_count(), 2);
     }
 
     #[tokio::test]
     async fn unknown_kid_cooldown_and_negative_cache() {
-        let server = TestServer::new(ec_doc(&["k1"]));
-        let base = serve_tcp(&server);
+        let server = test_server(ec_keys(&["k1"]));
         let policy = RefreshPolicy {
             unknown_kid_cooldown: Duration::from_millis(800),
             ..RefreshPolicy::default()
         };
-        let keys = IssuerKeys::new(
-            "t".into(),
-            KeySource::Remote(format!("{base}/jwks")),
-            policy,
-        );
+        let keys = IssuerKeys::new("t".into(), KeySource::Remote(server.url()), policy);
         assert_eq!(keys.refresh().await, Ok(true));
 
         // A known kid never fetches.
         keys.refetch_for_unknown_kid("k1").await;
-        assert_eq!(server.hits(), 1);
+        assert_eq!(server.fetch_count(), 1);
         keys.refetch_for_unknown_kid("a").await;
-        assert_eq!(server.hits(), 2);
+        assert_eq!(server.fetch_count(), 2);
         keys.refetch_for_unknown_kid("b").await;
-        assert_eq!(server.hits(), 2, "cooldown");
+        assert_eq!(server.fetch_count(), 2, "cooldown");
 
         tokio::time::sleep(Duration::from_millis(900)).await;
         keys.refetch_for_unknown_kid("a").await;
-        assert_eq!(server.hits(), 2, "negative cache");
+        assert_eq!(server.fetch_count(), 2, "negative cache");
         keys.refetch_for_unknown_kid("b").await;
         assert_eq!(
-            server.hits(),
+            server.fetch_count(),
             3,
             "cooldown over, b not yet known to be missing"
         );
 
         // A key published later is found by the next refetch.
-        server.set(|r| {
-            r.body = ec_doc(&["k1", "new"]);
-            r.etag = Some("\"v2\"".into());
-        });
+        server.set_keys(ec_keys(&["k1", "new"]));
+        server.set_fixed_etag(Some("\"v2\"".into()));
         tokio::time::sleep(Duration::from_millis(900)).await;
         let set = keys.refetch_for_unknown_kid("new").await.unwrap();
-        assert_eq!(server.hits(), 4);
+        assert_eq!(server.fetch_count(), 4);
         assert!(matches!(
             set.lookup(Some("new"), Algorithm::ES256),
             KeyLookup::Found(_)
@@ -851,37 +726,29 @@ mod tests {
 
     #[tokio::test]
     async fn failures_keep_old_keys_until_max_stale() {
-        let server = TestServer::new(ec_doc(&["k1"]));
-        let base = serve_tcp(&server);
+        let server = test_server(ec_keys(&["k1"]));
         let policy = RefreshPolicy {
             max_stale: Duration::from_millis(1000),
             ..RefreshPolicy::default()
         };
-        let keys = IssuerKeys::new(
-            "t".into(),
-            KeySource::Remote(format!("{base}/jwks")),
-            policy,
-        );
+        let keys = IssuerKeys::new("t".into(), KeySource::Remote(server.url()), policy);
         assert_eq!(keys.refresh().await, Ok(true));
 
-        server.set(|r| r.status = 500);
+        server.set_status(500);
         assert!(matches!(
             keys.refresh().await,
             Err(JwksError::Status { status: 500, .. })
         ));
         assert!(keys.is_ready(), "old keys are kept");
         assert!(within(keys.next_refresh_in(), 9, 10), "retry_after_failure");
-        server.set(|r| {
-            r.status = 200;
-            r.etag = None;
-            r.body = b"<html>maintenance</html>".to_vec();
-        });
+        server.set_status(200);
+        server.set_etag_enabled(false);
+        server.set_body_override(Some(b"<html>maintenance</html>".to_vec()));
         assert!(matches!(keys.refresh().await, Err(JwksError::NotJson(_))));
-        server.set(|r| {
-            r.body =
-                br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}]}"#
-                    .to_vec()
-        });
+        server.set_body_override(Some(
+            br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}]}"#
+                .to_vec(),
+        ));
         assert_eq!(keys.refresh().await, Err(JwksError::NoUsableKeys));
         assert!(keys.is_ready());
         let stats = keys.stats();
@@ -897,7 +764,8 @@ mod tests {
         assert!(keys.refresh().await.is_err());
         assert!(keys.current().is_none());
 
-        server.set(|r| r.body = ec_doc(&["k2"]));
+        server.set_body_override(None);
+        server.set_keys(ec_keys(&["k2"]));
         assert_eq!(keys.refresh().await, Ok(true));
         assert_eq!(keys.current().unwrap().generation, 2);
     }
@@ -908,23 +776,19 @@ mod tests {
         body.truncate(body.len() - 1);
         body.extend(std::iter::repeat_n(b' ', 4096));
         body.push(b'}');
-        let server = TestServer::new(body);
-        let base = serve_tcp(&server);
+        let server = test_server(Vec::new());
+        server.set_body_override(Some(body));
         let small = RefreshPolicy {
             max_response_bytes: 1024,
             ..RefreshPolicy::default()
         };
-        let keys = IssuerKeys::new(
-            "t".into(),
-            KeySource::Remote(format!("{base}/jwks")),
-            small.clone(),
-        );
+        let keys = IssuerKeys::new("t".into(), KeySource::Remote(server.url()), small.clone());
         assert!(matches!(
             keys.refresh().await,
             Err(JwksError::TooLarge { limit: 1024, .. })
         ));
-        // Without Content-Length the cap applies while reading.
-        server.set(|r| r.content_length = false);
+        // Without Content-Length (chunked) the cap applies while reading.
+        server.set_content_length(false);
         assert!(matches!(
             keys.refresh().await,
             Err(JwksError::TooLarge { limit: 1024, .. })
@@ -935,7 +799,7 @@ mod tests {
             max_response_bytes: 64 * 1024,
             ..small
         };
-        let keys = IssuerKeys::new("t".into(), KeySource::Remote(format!("{base}/jwks")), big);
+        let keys = IssuerKeys::new("t".into(), KeySource::Remote(server.url()), big);
         assert_eq!(keys.refresh().await, Ok(true));
     }
 
@@ -943,9 +807,9 @@ mod tests {
     async fn unix_socket_source() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("issuer.sock");
-        let server = TestServer::new(ec_doc(&["k1"]));
-        serve_unix(&server, &socket);
-        let url = format!("unix:{}:/.well-known/jwks.json", socket.display());
+        let mut server = test_server(ec_keys(&["k1"]));
+        server.serve_unix(&socket);
+        let url = format!("unix:{}:{JWKS_PATH}", socket.display());
         let keys = IssuerKeys::new(
             "t".into(),
             KeySource::Remote(url.clone()),
@@ -954,7 +818,7 @@ mod tests {
         assert_eq!(keys.refresh().await, Ok(true));
         assert!(keys.is_ready());
         assert_eq!(keys.refresh().await, Ok(false));
-        assert_eq!(server.not_modified.load(Ordering::SeqCst), 1);
+        assert_eq!(server.not_modified_count(), 1);
 
         let small = RefreshPolicy {
             max_response_bytes: 64,
@@ -965,7 +829,7 @@ mod tests {
             capped.refresh().await,
             Err(JwksError::TooLarge { .. })
         ));
-        server.set(|r| r.content_length = false);
+        server.set_content_length(false);
         assert!(matches!(
             capped.refresh().await,
             Err(JwksError::TooLarge { .. })
@@ -995,10 +859,9 @@ mod tests {
 
     #[tokio::test]
     async fn discovery_source() {
-        let server = TestServer::new(ec_doc(&["k1"]));
-        let base = serve_tcp(&server);
-        *server.discovery.lock().unwrap() =
-            Some(json!({"issuer": base, "jwks_uri": format!("{base}/jwks")}));
+        let server = test_server(ec_keys(&["k1"]));
+        let base = server.issuer_url();
+        server.set_discovery(Some(json!({"issuer": base, "jwks_uri": server.url()})));
         let keys = IssuerKeys::new(
             "t".into(),
             KeySource::Discovery(format!("{base}/")),
@@ -1006,15 +869,15 @@ mod tests {
         );
         assert_eq!(keys.refresh().await, Ok(true));
         assert_eq!(keys.refresh().await, Ok(false));
-        assert_eq!(server.not_modified.load(Ordering::SeqCst), 1);
+        assert_eq!(server.not_modified_count(), 1);
 
         // The discovery document cannot point key fetches at a local socket.
-        *server.discovery.lock().unwrap() = Some(json!({"jwks_uri": "unix:/run/x.sock:/jwks"}));
+        server.set_discovery(Some(json!({"jwks_uri": "unix:/run/x.sock:/jwks"})));
         assert!(matches!(
             keys.refresh().await,
             Err(JwksError::Discovery { .. })
         ));
-        *server.discovery.lock().unwrap() = Some(json!({"issuer": base}));
+        server.set_discovery(Some(json!({"issuer": base})));
         assert!(matches!(
             keys.refresh().await,
             Err(JwksError::Discovery { .. })
@@ -1024,18 +887,13 @@ mod tests {
 
     #[tokio::test]
     async fn timeouts_bad_urls_and_refused_connections() {
-        let server = TestServer::new(ec_doc(&["k1"]));
-        server.set(|r| r.delay = Duration::from_millis(1500));
-        let base = serve_tcp(&server);
+        let server = test_server(ec_keys(&["k1"]));
+        server.set_delay(Duration::from_millis(1500));
         let policy = RefreshPolicy {
             fetch_timeout: Duration::from_millis(200),
             ..RefreshPolicy::default()
         };
-        let keys = IssuerKeys::new(
-            "t".into(),
-            KeySource::Remote(format!("{base}/jwks")),
-            policy.clone(),
-        );
+        let keys = IssuerKeys::new("t".into(), KeySource::Remote(server.url()), policy.clone());
         assert!(matches!(
             keys.refresh().await,
             Err(JwksError::Timeout { .. })
