@@ -306,18 +306,7 @@ impl IssuerConfig {
             email: crate::config::email::EmailConfig::compile(f.email, &file, &dir)?,
             sms: match f.sms {
                 None => None,
-                Some(s) => Some(s.compile(&dir, parse_duration).map_err(|e| match e.at {
-                    Some((line, column)) => ConfigError::At {
-                        file: file.clone(),
-                        line,
-                        column,
-                        message: e.message,
-                    },
-                    None => ConfigError::File {
-                        file: file.clone(),
-                        message: e.message,
-                    },
-                })?),
+                Some(s) => Some(s.compile(&file, &dir)?),
             },
         })
     }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use super::units::parse_duration;
+use super::ConfigError;
 use crate::sms::phone;
 
 /// The `sms:` section as written in the file.
@@ -138,51 +140,40 @@ pub struct SmsConfig {
     pub retries: u32,
 }
 
-/// A problem in the `sms:` section: where (line, column) when known, and what.
-#[derive(Debug)]
-pub struct SmsConfigError {
-    /// Line and column.
-    pub at: Option<(u64, u64)>,
-    /// Message, starting with the key.
-    pub message: String,
-}
-
-fn err<T>(s: &Spanned<T>, message: String) -> SmsConfigError {
-    SmsConfigError {
-        at: Some((s.referenced.line(), s.referenced.column())),
-        message,
-    }
-}
-
-fn http_url(s: &Spanned<String>, key: &str) -> Result<String, SmsConfigError> {
+fn http_url(file: &str, s: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
     let v = s.value.trim();
     if (v.starts_with("http://") || v.starts_with("https://")) && !v.contains(char::is_whitespace) {
         Ok(v.to_string())
     } else {
-        Err(err(s, format!("sms.{key}: {v:?} is not an http(s) URL")))
+        Err(ConfigError::at(
+            file,
+            s,
+            format!("sms.{key}: {v:?} is not an http(s) URL"),
+        ))
     }
 }
 
 impl SmsFile {
     /// Validates the section; relative paths are relative to `dir` (the config's directory).
-    pub fn compile(
-        self,
-        dir: &Path,
-        parse_duration: impl Fn(&str) -> Result<Duration, String>,
-    ) -> Result<SmsConfig, SmsConfigError> {
+    pub fn compile(self, file: &str, dir: &Path) -> Result<SmsConfig, ConfigError> {
         let dur = |v: &Option<Spanned<String>>, key: &str, default: u64| match v {
             None => Ok(Duration::from_secs(default)),
-            Some(s) => parse_duration(&s.value).map_err(|e| err(s, format!("sms.{key}: {e}"))),
+            Some(s) => parse_duration(&s.value)
+                .map_err(|e| ConfigError::at(file, s, format!("sms.{key}: {e}"))),
         };
         let positive = |v: &Option<Spanned<i64>>, key: &str, default: i64| match v {
             None => Ok(default),
             Some(n) if n.value >= 1 => Ok(n.value),
-            Some(n) => Err(err(n, format!("sms.{key}: must be at least 1"))),
+            Some(n) => Err(ConfigError::at(
+                file,
+                n,
+                format!("sms.{key}: must be at least 1"),
+            )),
         };
         let provider = match &self.provider {
             None => {
-                return Err(SmsConfigError {
-                    at: None,
+                return Err(ConfigError::File {
+                    file: file.to_string(),
                     message: "sms.provider: required (log, twilio or webhook)".into(),
                 })
             }
@@ -192,31 +183,36 @@ impl SmsFile {
                 },
                 "twilio" => {
                     let Some(t) = &self.twilio else {
-                        return Err(err(p, "sms.twilio: required with provider twilio".into()));
+                        return Err(ConfigError::at(
+                            file,
+                            p,
+                            "sms.twilio: required with provider twilio",
+                        ));
                     };
                     let sid = t.account_sid.value.trim();
                     if !sid.starts_with("AC") || !sid.chars().all(|c| c.is_ascii_alphanumeric()) {
-                        return Err(err(
+                        return Err(ConfigError::at(
+                            file,
                             &t.account_sid,
-                            "sms.twilio.account_sid: an account SID (AC…)".into(),
+                            "sms.twilio.account_sid: an account SID (AC…)",
                         ));
                     }
                     if t.from.is_some() == t.messaging_service_sid.is_some() {
-                        return Err(err(
+                        return Err(ConfigError::at(
+                            file,
                             p,
-                            "sms.twilio: give exactly one of `from` and `messaging_service_sid`"
-                                .into(),
+                            "sms.twilio: give exactly one of `from` and `messaging_service_sid`",
                         ));
                     }
                     let base_url = match &t.base_url {
                         None => "https://api.twilio.com".to_string(),
-                        Some(b) => http_url(b, "twilio.base_url")?
+                        Some(b) => http_url(file, b, "twilio.base_url")?
                             .trim_end_matches('/')
                             .to_string(),
                     };
                     let status_callback = match &t.status_callback {
                         None => None,
-                        Some(s) => Some(http_url(s, "twilio.status_callback")?),
+                        Some(s) => Some(http_url(file, s, "twilio.status_callback")?),
                     };
                     ProviderConfig::Twilio(TwilioConfig {
                         account_sid: sid.to_string(),
@@ -232,16 +228,21 @@ impl SmsFile {
                 }
                 "webhook" => {
                     let Some(w) = &self.webhook else {
-                        return Err(err(p, "sms.webhook: required with provider webhook".into()));
+                        return Err(ConfigError::at(
+                            file,
+                            p,
+                            "sms.webhook: required with provider webhook",
+                        ));
                     };
                     ProviderConfig::Webhook {
-                        url: http_url(&w.url, "webhook.url")?,
+                        url: http_url(file, &w.url, "webhook.url")?,
                         secret_file: dir.join(&w.secret_file.value),
                         include_code: w.include_code,
                     }
                 }
                 other => {
-                    return Err(err(
+                    return Err(ConfigError::at(
+                        file,
                         p,
                         format!("sms.provider: {other:?} is not one of log, twilio, webhook"),
                     ))
@@ -251,7 +252,8 @@ impl SmsFile {
         let default_region = match &self.default_region {
             None => None,
             Some(r) => Some(phone::region(&r.value).ok_or_else(|| {
-                err(
+                ConfigError::at(
+                    file,
                     r,
                     format!(
                         "sms.default_region: {:?} is not an ISO 3166 alpha-2 region",
@@ -263,7 +265,8 @@ impl SmsFile {
         let mut allowed_countries = Vec::new();
         for c in &self.allowed_countries {
             let r = phone::region(&c.value).ok_or_else(|| {
-                err(
+                ConfigError::at(
+                    file,
                     c,
                     format!(
                         "sms.allowed_countries: {:?} is not an ISO 3166 alpha-2 region",
@@ -275,27 +278,36 @@ impl SmsFile {
         }
         // SMS pumping: a real provider without a country list would send anywhere it is asked.
         if allowed_countries.is_empty() && !matches!(provider, ProviderConfig::Log { .. }) {
-            return Err(SmsConfigError {
-                at: self
-                    .provider
-                    .as_ref()
-                    .map(|p| (p.referenced.line(), p.referenced.column())),
-                message: "sms.allowed_countries: required with a real provider (e.g. [US, GB])"
-                    .into(),
+            let message = "sms.allowed_countries: required with a real provider (e.g. [US, GB])";
+            return Err(match &self.provider {
+                Some(p) => ConfigError::at(file, p, message),
+                None => ConfigError::File {
+                    file: file.to_string(),
+                    message: message.into(),
+                },
             });
         }
         let code_length = match &self.code_length {
             None => 6,
             Some(n) if (6..=10).contains(&n.value) => n.value,
-            Some(n) => return Err(err(n, "sms.code_length: between 6 and 10".into())),
+            Some(n) => {
+                return Err(ConfigError::at(
+                    file,
+                    n,
+                    "sms.code_length: between 6 and 10",
+                ))
+            }
         };
         let mut test_numbers = BTreeMap::new();
         for (number, code) in &self.test_numbers {
             let e164 = phone::parse(number, None)
-                .map_err(|e| err(code, format!("sms.test_numbers: {number:?}: {e}")))?
+                .map_err(|e| {
+                    ConfigError::at(file, code, format!("sms.test_numbers: {number:?}: {e}"))
+                })?
                 .e164;
             if code.value.len() != code_length || !code.value.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(err(
+                return Err(ConfigError::at(
+                    file,
                     code,
                     format!("sms.test_numbers: the code of {number} must be {code_length} digits"),
                 ));
@@ -306,28 +318,29 @@ impl SmsFile {
             None => "Your code is {code}. It expires in {minutes} min.".to_string(),
             Some(m) if m.value.contains("{code}") && m.value.len() <= 600 => m.value.clone(),
             Some(m) => {
-                return Err(err(
+                return Err(ConfigError::at(
+                    file,
                     m,
-                    "sms.message: must contain {code} (and be at most 600 bytes)".into(),
+                    "sms.message: must contain {code} (and be at most 600 bytes)",
                 ))
             }
         };
         let timeout = dur(&self.timeout, "timeout", 10)?;
         if timeout.is_zero() {
-            return Err(SmsConfigError {
-                at: None,
+            return Err(ConfigError::File {
+                file: file.to_string(),
                 message: "sms.timeout: must be positive".into(),
             });
         }
         let retries = match &self.retries {
             None => 2,
             Some(r) if r.value <= 5 => r.value,
-            Some(r) => return Err(err(r, "sms.retries: at most 5".into())),
+            Some(r) => return Err(ConfigError::at(file, r, "sms.retries: at most 5")),
         };
         let code_ttl = dur(&self.code_ttl, "code_ttl", 300)?;
         if code_ttl.is_zero() {
-            return Err(SmsConfigError {
-                at: None,
+            return Err(ConfigError::File {
+                file: file.to_string(),
                 message: "sms.code_ttl: must be positive".into(),
             });
         }
