@@ -14,18 +14,18 @@ use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::public::{user_json, UserView};
+use super::public::UserView;
 use super::{bearer, json_body, ApiError, ErrorBody};
 use crate::accounts::{self, AccountChanges, AccountError, NewAccount};
 use crate::app::{now, App};
 use crate::auth::api_key::NewApiKey;
 use crate::auth::{self};
 use crate::crypto::secrets;
-use crate::store::ApiKey;
+use crate::store::{ApiKey, Session, SigningKey};
 use crate::tokens;
 
 /// The admin router.
@@ -105,17 +105,15 @@ struct Page {
     offset: Option<i64>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// `GET /admin/users`: a page of users.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct UserList {
     /// A page of users, oldest first.
     pub users: Vec<UserView>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// A session as the admin API shows it.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SessionView {
     /// Session id (the `sid` claim).
     pub id: String,
@@ -137,18 +135,15 @@ pub struct SessionView {
     pub revoked_reason: Option<String>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// `GET /admin/users/{id}/sessions`: a user's sessions.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SessionList {
     /// The user's sessions, revoked ones included.
     pub sessions: Vec<SessionView>,
 }
 
-// Schema for the OpenAPI document only; `api_key_json` writes the JSON (a test in
-// `openapi.rs` keeps the two in step).
 /// An API key as the admin API lists it (never the secret or its hash).
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyView {
     /// Id, used to revoke it.
     pub id: String,
@@ -175,48 +170,71 @@ pub struct ApiKeyView {
     pub created_at: i64,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// `POST /admin/api-keys`: the new key, with its secret shown this once.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct CreatedApiKey {
     /// The secret API key (`pk_...`): it is not stored and cannot be shown again.
     pub api_key: String,
-    /// Id, used to revoke it.
-    pub id: String,
-    /// Public lookup part of the key.
-    pub prefix: String,
-    /// The `sub` of tokens issued for this key.
-    pub subject: String,
-    /// Human-readable label.
-    pub name: String,
-    /// Scopes granted to its tokens.
-    pub scopes: Vec<String>,
-    /// Roles granted to its tokens.
-    pub roles: Vec<String>,
-    /// Expiry (seconds since the epoch).
-    #[schema(required = true)]
-    pub expires_at: Option<i64>,
-    /// Always null for a new key.
-    #[schema(required = true)]
-    pub revoked_at: Option<i64>,
-    /// Always null for a new key.
-    #[schema(required = true)]
-    pub last_used_at: Option<i64>,
-    /// Creation time.
-    pub created_at: i64,
+    /// The key as listed (`revoked_at` and `last_used_at` are null for a new key).
+    #[serde(flatten)]
+    pub key: ApiKeyView,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
+impl From<ApiKey> for ApiKeyView {
+    fn from(k: ApiKey) -> Self {
+        ApiKeyView {
+            id: k.id,
+            prefix: k.prefix,
+            subject: k.subject,
+            name: k.name,
+            scopes: k.scopes,
+            roles: k.roles,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            last_used_at: k.last_used_at,
+            created_at: k.created_at,
+        }
+    }
+}
+
+impl From<Session> for SessionView {
+    fn from(s: Session) -> Self {
+        SessionView {
+            id: s.id,
+            user_id: s.user_id,
+            amr: s.amr,
+            created_at: s.created_at,
+            last_used_at: s.last_used_at,
+            expires_at: s.expires_at,
+            revoked_at: s.revoked_at,
+            revoked_reason: s.revoked_reason,
+        }
+    }
+}
+
+impl From<SigningKey> for SigningKeyView {
+    fn from(k: SigningKey) -> Self {
+        SigningKeyView {
+            kid: k.kid,
+            alg: k.alg,
+            state: k.state,
+            created_at: k.created_at,
+            activates_at: k.activates_at,
+            retired_at: k.retired_at,
+            remove_after: k.remove_after,
+        }
+    }
+}
+
 /// `GET /admin/api-keys`: the API keys.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyList {
     /// The keys, revoked and expired ones included.
     pub api_keys: Vec<ApiKeyView>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// A signing key (public facts only).
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SigningKeyView {
     /// Key id (RFC 7638 thumbprint), the JWT `kid`.
     pub kid: String,
@@ -236,17 +254,15 @@ pub struct SigningKeyView {
     pub remove_after: Option<i64>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// `GET /admin/keys`: the signing keys.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SigningKeyList {
     /// Every stored signing key.
     pub keys: Vec<SigningKeyView>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// `POST /admin/keys/rotate`: the new key.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct RotatedKey {
     /// The new key's id.
     pub kid: String,
@@ -274,7 +290,7 @@ pub struct RotatedKey {
 async fn list_users(
     State(app): State<Arc<App>>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserList>, ApiError> {
     let p: Page = query(q)?;
     let users = app
         .store
@@ -283,13 +299,13 @@ async fn list_users(
             p.offset.unwrap_or(0).max(0),
         )
         .await?;
-    Ok(Json(
-        json!({"users": users.iter().map(user_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(UserList {
+        users: users.into_iter().map(UserView::from).collect(),
+    }))
 }
 
 /// A new user: `email` or `username` (or both).
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateUser {
     /// Email address (lower-cased; unique).
@@ -333,7 +349,7 @@ async fn create_user(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let b: CreateUser = json_body(&headers, &body)?;
     let new = NewAccount {
         email: b.email,
@@ -352,7 +368,7 @@ async fn create_user(
         ),
         e => e.into(),
     })?;
-    Ok((StatusCode::CREATED, Json(user_json(&user))))
+    Ok((StatusCode::CREATED, Json(user.into())))
 }
 
 /// One user: what client services call to look a subject up.
@@ -373,12 +389,12 @@ async fn create_user(
 async fn get_user(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(user_json(&app.store.get_user(&id).await?)))
+) -> Result<Json<UserView>, ApiError> {
+    Ok(Json(app.store.get_user(&id).await?.into()))
 }
 
 /// Changes to a user; absent fields are left alone.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UpdateUser {
     /// New email address.
@@ -422,7 +438,7 @@ async fn update_user(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserView>, ApiError> {
     let b: UpdateUser = json_body(&headers, &body)?;
     let changes = AccountChanges {
         email: b.email,
@@ -432,9 +448,7 @@ async fn update_user(
         user_metadata: b.user_metadata,
         disabled: b.disabled,
     };
-    Ok(Json(user_json(
-        &accounts::update(&app, &id, changes).await?,
-    )))
+    Ok(Json(accounts::update(&app, &id, changes).await?.into()))
 }
 
 /// Replaces a user's roles.
@@ -461,11 +475,9 @@ async fn set_roles(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserView>, ApiError> {
     let roles: Vec<String> = json_body(&headers, &body)?;
-    Ok(Json(user_json(
-        &accounts::set_roles(&app, &id, roles).await?,
-    )))
+    Ok(Json(accounts::set_roles(&app, &id, roles).await?.into()))
 }
 
 /// Deletes a user with its sessions, refresh tokens and the API keys bound to it.
@@ -508,13 +520,11 @@ async fn delete_user(
 async fn list_sessions(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionList>, ApiError> {
     let sessions = app.store.list_sessions(&id).await?;
-    Ok(Json(json!({"sessions": sessions.iter().map(|s| json!({
-        "id": s.id, "user_id": s.user_id, "amr": s.amr, "created_at": s.created_at,
-        "last_used_at": s.last_used_at, "expires_at": s.expires_at,
-        "revoked_at": s.revoked_at, "revoked_reason": s.revoked_reason,
-    })).collect::<Vec<_>>()})))
+    Ok(Json(SessionList {
+        sessions: sessions.into_iter().map(SessionView::from).collect(),
+    }))
 }
 
 /// Revokes every session of a user (its refresh tokens stop working).
@@ -563,7 +573,7 @@ async fn revoke_session(
 }
 
 /// A new API key, bound to a subject.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateApiKey {
     /// The `sub` of its tokens: a user id or a machine principal (1-200 characters).
@@ -578,12 +588,6 @@ pub(super) struct CreateApiKey {
     roles: Vec<String>,
     /// Lifetime in seconds (None: no expiry).
     expires_in: Option<i64>,
-}
-
-pub(super) fn api_key_json(k: &ApiKey) -> Value {
-    json!({"id": k.id, "prefix": k.prefix, "subject": k.subject, "name": k.name, "scopes": k.scopes,
-           "roles": k.roles, "expires_at": k.expires_at, "revoked_at": k.revoked_at,
-           "last_used_at": k.last_used_at, "created_at": k.created_at})
 }
 
 /// Creates an API key; the secret is in the answer and nowhere else, ever.
@@ -607,7 +611,7 @@ async fn create_api_key(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     let b: CreateApiKey = json_body(&headers, &body)?;
     let new = NewApiKey {
         subject: &b.subject,
@@ -617,9 +621,11 @@ async fn create_api_key(
         expires_in: b.expires_in,
     };
     let (key, secret) = auth::api_key::create(&app, new).await?;
-    let mut v = api_key_json(&key);
-    v["api_key"] = json!(secret);
-    Ok((StatusCode::CREATED, Json(v)))
+    let created = CreatedApiKey {
+        api_key: secret,
+        key: key.into(),
+    };
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// Filter of `GET /admin/api-keys`.
@@ -647,12 +653,12 @@ struct KeyFilter {
 async fn list_api_keys(
     State(app): State<Arc<App>>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ApiKeyList>, ApiError> {
     let f: KeyFilter = query(q)?;
     let keys = app.store.list_api_keys(f.subject.as_deref()).await?;
-    Ok(Json(
-        json!({"api_keys": keys.iter().map(api_key_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(ApiKeyList {
+        api_keys: keys.into_iter().map(ApiKeyView::from).collect(),
+    }))
 }
 
 /// Revokes an API key.
@@ -691,12 +697,11 @@ async fn revoke_api_key(
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
-async fn list_keys(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+async fn list_keys(State(app): State<Arc<App>>) -> Result<Json<SigningKeyList>, ApiError> {
     let keys = app.store.list_signing_keys().await?;
-    Ok(Json(json!({"keys": keys.iter().map(|k| json!({
-        "kid": k.kid, "alg": k.alg, "state": k.state, "created_at": k.created_at,
-        "activates_at": k.activates_at, "retired_at": k.retired_at, "remove_after": k.remove_after,
-    })).collect::<Vec<_>>()})))
+    Ok(Json(SigningKeyList {
+        keys: keys.into_iter().map(SigningKeyView::from).collect(),
+    }))
 }
 
 /// Publishes a new signing key; it starts signing after the publish lead time.
@@ -712,12 +717,14 @@ async fn list_keys(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError>
         (status = 503, description = "The database is unavailable or rotation failed", body = ErrorBody),
     )
 )]
-async fn rotate_keys(State(app): State<Arc<App>>) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn rotate_keys(
+    State(app): State<Arc<App>>,
+) -> Result<(StatusCode, Json<RotatedKey>), ApiError> {
     let kid = app.keys.rotate(&app.store).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(
-            json!({"kid": kid, "state": "next", "activates_in": app.cfg.key_publish_lead.as_secs()}),
-        ),
-    ))
+    let rotated = RotatedKey {
+        kid,
+        state: "next".into(),
+        activates_in: app.cfg.key_publish_lead.as_secs(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(rotated)))
 }

@@ -9,8 +9,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{bearer, client_ip, json_body, ApiError, ErrorBody};
@@ -21,7 +20,7 @@ use crate::auth::email_links;
 const ACCEPTED: &str = "if an account with this address exists, a message has been sent to it";
 
 /// A link token from a mail.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ConfirmBody {
     /// The token of the confirmation link.
@@ -29,7 +28,7 @@ pub(super) struct ConfirmBody {
 }
 
 /// The address that forgot its password.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ForgotBody {
     /// The account's email address (case-insensitive).
@@ -37,7 +36,7 @@ pub(super) struct ForgotBody {
 }
 
 /// A reset-link token and the new password.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ResetBody {
     /// The token of the reset link.
@@ -46,9 +45,8 @@ pub(super) struct ResetBody {
     new_password: String,
 }
 
-// Schema for the OpenAPI document only; the handlers write the JSON themselves.
 /// Request accepted; the same answer for every address.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct AcceptedBody {
     /// Always `accepted`.
     #[schema(example = "accepted")]
@@ -57,9 +55,8 @@ pub struct AcceptedBody {
     pub message: String,
 }
 
-// Schema for the OpenAPI document only; the handlers write the JSON themselves.
 /// The confirmed address.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ConfirmedBody {
     /// The account's (now confirmed) email address.
     pub email: String,
@@ -67,10 +64,13 @@ pub struct ConfirmedBody {
     pub email_confirmed_at: i64,
 }
 
-fn accepted() -> (StatusCode, Json<Value>) {
+fn accepted() -> (StatusCode, Json<AcceptedBody>) {
     (
         StatusCode::ACCEPTED,
-        Json(json!({"status": "accepted", "message": ACCEPTED})),
+        Json(AcceptedBody {
+            status: "accepted".into(),
+            message: ACCEPTED.into(),
+        }),
     )
 }
 
@@ -95,13 +95,14 @@ pub(super) async fn confirm(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConfirmedBody>, ApiError> {
     email_links::enabled(&app)?;
     let b: ConfirmBody = json_body(&headers, &body)?;
-    let (email, confirmed_at) = email_links::confirm(&app, &b.token).await?;
-    Ok(Json(
-        json!({"email": email, "email_confirmed_at": confirmed_at}),
-    ))
+    let (email, email_confirmed_at) = email_links::confirm(&app, &b.token).await?;
+    Ok(Json(ConfirmedBody {
+        email,
+        email_confirmed_at,
+    }))
 }
 
 /// Mails a new confirmation link to the caller's unconfirmed address (older links stop
@@ -123,7 +124,7 @@ pub(super) async fn confirm(
 pub(super) async fn resend(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
     email_links::resend(&app, bearer(&headers)).await?;
     Ok(accepted())
 }
@@ -152,7 +153,7 @@ pub(super) async fn forgot(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
     email_links::enabled(&app)?;
     let b: ForgotBody = json_body(&headers, &body)?;
     email_links::forgot(&app, &b.email, &client_ip(peer, &headers)).await?;

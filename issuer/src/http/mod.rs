@@ -13,12 +13,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
-// Schema for the OpenAPI document only: `ApiError` writes the body (a test in `openapi.rs`
-// keeps the two in step).
 /// The body of every error answer.
-#[derive(utoipa::ToSchema)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"error": "invalid_request", "error_description": "malformed JSON body: expected value at line 1 column 1"}))]
 pub struct ErrorBody {
     /// Machine-readable code: `invalid_request`, `invalid_grant`, `invalid_client`,
@@ -84,7 +82,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": self.code, "error_description": self.description});
+        let body = ErrorBody {
+            error: self.code.to_string(),
+            error_description: self.description,
+        };
         let mut resp = (self.status, axum::Json(body)).into_response();
         for (n, v) in self.headers {
             if let Ok(v) = v.parse() {

@@ -2,10 +2,9 @@
 //! `password`, `refresh_token`, `client_credentials` with an API key as the client secret),
 //! `/oauth/introspect` (RFC 7662) and `/oauth/revoke` (RFC 7009).
 //!
-//! The handlers read their form bodies as plain key/value pairs; the `*Form` schema types
-//! below exist only to document those forms in the OpenAPI document ([`super::openapi`]).
+//! Each form body is read into its `*Form` type, the same type the OpenAPI document
+//! ([`super::openapi`]) describes.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -16,7 +15,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::{client_ip, ApiError, ErrorBody};
@@ -34,7 +35,9 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-fn form(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String>, ApiError> {
+/// Reads a form body into `T`. RFC 6749 §3.1: unknown parameters are ignored, and a
+/// parameter `T` defines must not be repeated.
+fn form<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -49,20 +52,22 @@ fn form(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String>, Ap
             "send application/x-www-form-urlencoded (RFC 6749)",
         ));
     }
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-        .map_err(|_| ApiError::bad_request("malformed form body"))?;
-    let mut out = HashMap::new();
-    for (k, v) in pairs {
-        // RFC 6749 §3.1: parameters must not be repeated.
-        if out.insert(k.clone(), v).is_some() {
-            return Err(ApiError::bad_request(format!("parameter {k} is repeated")));
+    // serde's derived `Deserialize` ignores unknown fields and refuses a repeated known one
+    // with "duplicate field `name`": exactly §3.1, reworded as this API always has.
+    serde_urlencoded::from_bytes(body).map_err(|e| {
+        let text = e.to_string();
+        match text
+            .strip_prefix("duplicate field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            Some(name) => ApiError::bad_request(format!("parameter {name} is repeated")),
+            None => ApiError::bad_request("malformed form body"),
         }
-    }
-    Ok(out)
+    })
 }
 
 /// `client_secret` from HTTP Basic or the form.
-fn client_secret(headers: &HeaderMap, f: &HashMap<String, String>) -> Option<String> {
+fn client_secret(headers: &HeaderMap, form_secret: Option<&str>) -> Option<String> {
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -75,12 +80,12 @@ fn client_secret(headers: &HeaderMap, f: &HashMap<String, String>) -> Option<Str
         })
         .and_then(|raw| String::from_utf8(raw).ok())
         .and_then(|t| t.split_once(':').map(|(_, secret)| secret.to_string()));
-    basic.or_else(|| f.get("client_secret").cloned())
+    basic.or_else(|| form_secret.map(str::to_string))
 }
 
 /// OAuth 2.0 grant types accepted by `/oauth/token`.
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum GrantType {
     /// RFC 6749 §4.3: `username` and `password`.
     Password,
@@ -90,12 +95,13 @@ pub enum GrantType {
     ClientCredentials,
 }
 
-// Schema for the OpenAPI document only; the handler reads the form as key/value pairs.
 /// The `/oauth/token` form (`application/x-www-form-urlencoded`). Parameters must not repeat.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct TokenForm {
-    /// The grant.
-    pub grant_type: GrantType,
+    /// The grant. Read as text: an unknown grant answers `unsupported_grant_type`, not a
+    /// malformed form.
+    #[schema(value_type = GrantType)]
+    pub grant_type: Option<String>,
     /// `password` grant: email or username.
     #[schema(nullable = false)]
     pub username: Option<String>,
@@ -114,12 +120,12 @@ pub struct TokenForm {
     pub client_secret: Option<String>,
 }
 
-// Schema for the OpenAPI document only; the handler reads the form as key/value pairs.
 /// The `/oauth/introspect` form (RFC 7662 §2.1). Parameters must not repeat.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct IntrospectForm {
     /// An access token or a refresh token.
-    pub token: String,
+    #[schema(value_type = String)]
+    pub token: Option<String>,
     /// Accepted and ignored: both kinds are tried.
     #[schema(nullable = false)]
     pub token_type_hint: Option<String>,
@@ -129,12 +135,12 @@ pub struct IntrospectForm {
     pub client_secret: Option<String>,
 }
 
-// Schema for the OpenAPI document only; the handler reads the form as key/value pairs.
 /// The `/oauth/revoke` form (RFC 7009 §2.1). Parameters must not repeat.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct RevokeForm {
     /// An access token or a refresh token; its whole session is revoked.
-    pub token: String,
+    #[schema(value_type = String)]
+    pub token: Option<String>,
     /// Accepted and ignored: both kinds are tried.
     #[schema(nullable = false)]
     pub token_type_hint: Option<String>,
@@ -147,8 +153,7 @@ pub struct RevokeForm {
 /// The introspection answer (RFC 7662 §2.2). Inactive or unknown tokens answer only
 /// `{"active": false}`; an active access token answers all its claims (also `aud`, `scope`,
 /// `roles`, `amr`, `jti`, ... and custom ones) plus `active` and `token_type`.
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct Introspection {
     /// Whether the token is valid and its session alive.
     pub active: bool,
@@ -170,6 +175,26 @@ pub struct Introspection {
     /// Issue time (seconds since the epoch).
     #[schema(nullable = false)]
     pub iat: Option<i64>,
+    /// An access token's other claims.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub claims: Map<String, Value>,
+}
+
+impl Introspection {
+    /// `{"active": false}`.
+    fn inactive() -> Self {
+        Introspection {
+            active: false,
+            token_type: None,
+            sub: None,
+            sid: None,
+            iss: None,
+            exp: None,
+            iat: None,
+            claims: Map::new(),
+        }
+    }
 }
 
 /// OAuth 2.0 token endpoint: `password`, `refresh_token` and `client_credentials` grants.
@@ -224,24 +249,24 @@ async fn token_grant(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     let (app, headers, body) = (app.clone(), headers.clone(), body.clone());
-    let f = form(&headers, &body)?;
-    let pair = match f.get("grant_type").map(String::as_str) {
+    let f: TokenForm = form(&headers, &body)?;
+    let pair = match f.grant_type.as_deref() {
         Some("password") => {
-            let (Some(user), Some(pw)) = (f.get("username"), f.get("password")) else {
+            let (Some(user), Some(pw)) = (f.username, f.password) else {
                 return Err(ApiError::bad_request(
                     "grant_type=password needs username and password",
                 ));
             };
-            auth::password::grant(&app, user, pw.clone(), &client_ip(peer, &headers)).await?
+            auth::password::grant(&app, &user, pw, &client_ip(peer, &headers)).await?
         }
         Some("refresh_token") => {
             let rt = f
-                .get("refresh_token")
+                .refresh_token
                 .ok_or_else(|| ApiError::bad_request("refresh_token is required"))?;
-            auth::sessions::refresh(&app, rt).await?
+            auth::sessions::refresh(&app, &rt).await?
         }
         Some("client_credentials") => {
-            let secret = client_secret(&headers, &f).ok_or_else(|| {
+            let secret = client_secret(&headers, f.client_secret.as_deref()).ok_or_else(|| {
                 ApiError::unauthorized(
                     "invalid_client",
                     "client_credentials needs the API key as client_secret",
@@ -273,14 +298,14 @@ async fn token_grant(
 async fn require_client(
     app: &App,
     headers: &HeaderMap,
-    f: &HashMap<String, String>,
+    form_secret: Option<&str>,
 ) -> Result<(), ApiError> {
     if let Some(t) = super::bearer(headers) {
         if secrets::constant_time_eq(&secrets::hash_token(t), &app.admin_token_hash) {
             return Ok(());
         }
     }
-    let key = client_secret(headers, f).or_else(|| {
+    let key = client_secret(headers, form_secret).or_else(|| {
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -321,27 +346,47 @@ async fn introspect(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let f = form(&headers, &body)?;
-    require_client(&app, &headers, &f).await?;
+) -> Result<Json<Introspection>, ApiError> {
+    let f: IntrospectForm = form(&headers, &body)?;
+    require_client(&app, &headers, f.client_secret.as_deref()).await?;
     let token = f
-        .get("token")
+        .token
         .ok_or_else(|| ApiError::bad_request("token is required"))?;
-    match auth::sessions::introspect(&app, token).await? {
-        Found::Inactive => Ok(Json(json!({"active": false}))),
-        Found::Access(mut claims) => {
-            claims["active"] = json!(true);
-            claims["token_type"] = json!("access_token");
-            Ok(Json(claims))
+    let answer = match auth::sessions::introspect(&app, &token).await? {
+        Found::Inactive => Introspection::inactive(),
+        Found::Access(claims) => {
+            let mut claims = match claims {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            };
+            // The answer's own members win over claims of the same name.
+            claims.insert("active".into(), Value::Bool(true));
+            claims.insert("token_type".into(), "access_token".into());
+            // The registered claims of this issuer's tokens have the types declared above.
+            serde_json::from_value(Value::Object(claims)).map_err(|e| {
+                tracing::error!("introspection of a verified token: {e}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "the request could not be completed",
+                )
+            })?
         }
         Found::Refresh {
             session: s,
             issued_at,
-        } => Ok(Json(json!({
-            "active": true, "token_type": "refresh_token", "sub": s.user_id, "sid": s.id,
-            "exp": s.expires_at, "iat": issued_at, "iss": app.cfg.issuer,
-        }))),
-    }
+        } => Introspection {
+            active: true,
+            token_type: Some("refresh_token".into()),
+            sub: Some(s.user_id),
+            sid: Some(s.id),
+            iss: Some(app.cfg.issuer.clone()),
+            exp: Some(s.expires_at),
+            iat: Some(issued_at),
+            claims: Map::new(),
+        },
+    };
+    Ok(Json(answer))
 }
 
 /// Token revocation (RFC 7009) for authenticated clients: revokes the token's whole session.
@@ -366,12 +411,12 @@ async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let f = form(&headers, &body)?;
-    require_client(&app, &headers, &f).await?;
+    let f: RevokeForm = form(&headers, &body)?;
+    require_client(&app, &headers, f.client_secret.as_deref()).await?;
     let token = f
-        .get("token")
+        .token
         .ok_or_else(|| ApiError::bad_request("token is required"))?;
-    auth::sessions::revoke_token(&app, token).await?;
+    auth::sessions::revoke_token(&app, &token).await?;
     // RFC 7009 §2.2: unknown tokens are answered with 200 as well.
     Ok(StatusCode::OK)
 }

@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{bearer, client_ip, json_body, ApiError, ErrorBody};
@@ -48,18 +48,18 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(super::oauth::router(app))
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
+// The handler serves the key ring's cached serialization (its ETag is computed over those
+// bytes); this type names the shape for the document and for clients.
 /// The JWKS document (RFC 7517): public keys only.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct JwksDocument {
     /// Public JWKs: every key that signs, will sign, or signed a token that has not expired.
     #[schema(value_type = Vec<Object>)]
     pub keys: Vec<Value>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// The discovery document (a subset of OpenID Connect Discovery / RFC 8414).
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct DiscoveryDocument {
     /// The `iss` of every token.
     pub issuer: String,
@@ -79,13 +79,20 @@ pub struct DiscoveryDocument {
     pub subject_types_supported: Vec<String>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// The answer of the health endpoints.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct HealthStatus {
     /// `ok` (`/healthz`), `ready` or `database unavailable` (`/readyz`).
     #[schema(example = "ok")]
     pub status: String,
+}
+
+impl HealthStatus {
+    fn new(status: &str) -> Self {
+        HealthStatus {
+            status: status.to_string(),
+        }
+    }
 }
 
 /// Publishes the signing keys.
@@ -136,18 +143,22 @@ async fn jwks(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     tag = "keys",
     responses((status = 200, description = "The discovery document", body = DiscoveryDocument))
 )]
-async fn discovery(State(app): State<Arc<App>>) -> Json<Value> {
+async fn discovery(State(app): State<Arc<App>>) -> Json<DiscoveryDocument> {
     let iss = &app.cfg.issuer;
-    Json(json!({
-        "issuer": iss,
-        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
-        "token_endpoint": format!("{iss}/oauth/token"),
-        "grant_types_supported": ["password", "refresh_token", "client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "id_token_signing_alg_values_supported": [app.cfg.key_alg],
-        "response_types_supported": ["token"],
-        "subject_types_supported": ["public"],
-    }))
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    Json(DiscoveryDocument {
+        issuer: iss.clone(),
+        jwks_uri: format!("{iss}/.well-known/jwks.json"),
+        token_endpoint: format!("{iss}/oauth/token"),
+        grant_types_supported: strings(&["password", "refresh_token", "client_credentials"]),
+        token_endpoint_auth_methods_supported: strings(&[
+            "client_secret_basic",
+            "client_secret_post",
+        ]),
+        id_token_signing_alg_values_supported: vec![app.cfg.key_alg.to_string()],
+        response_types_supported: strings(&["token"]),
+        subject_types_supported: strings(&["public"]),
+    })
 }
 
 /// Liveness: the process answers.
@@ -158,8 +169,8 @@ async fn discovery(State(app): State<Arc<App>>) -> Json<Value> {
     responses((status = 200, description = "The process is up", body = HealthStatus,
                example = json!({"status": "ok"})))
 )]
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+async fn healthz() -> Json<HealthStatus> {
+    Json(HealthStatus::new("ok"))
 }
 
 /// Prometheus metrics in the text exposition format.
@@ -192,18 +203,18 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 )]
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.store.ping().await {
-        Json(json!({"status": "ready"})).into_response()
+        Json(HealthStatus::new("ready")).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "database unavailable"})),
+            Json(HealthStatus::new("database unavailable")),
         )
             .into_response()
     }
 }
 
 /// Password login: `email` or `username`, and `password`.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PasswordLogin {
     /// The account's email address (case-insensitive).
@@ -272,7 +283,7 @@ async fn password_login(
 }
 
 /// API-key login.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ApiKeyLogin {
     /// The API key, as created (`pk_...`).
@@ -337,7 +348,7 @@ async fn anonymous_login(
 }
 
 /// A refresh token to rotate.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RefreshBody {
     /// The current refresh token of the session.
@@ -371,7 +382,7 @@ async fn refresh(
 }
 
 /// Logout by refresh token (when no access token is sent).
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LogoutBody {
     /// A refresh token of the session to end.
@@ -418,7 +429,7 @@ async fn logout(
 }
 
 /// Sign-up with an email address and a password.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SignupBody {
     /// Email address (lower-cased; must be unique).
@@ -473,10 +484,8 @@ async fn signup(
     Ok((StatusCode::CREATED, Json(pair)))
 }
 
-// Schema for the OpenAPI document only: `user_json` writes the JSON (a test in `openapi.rs`
-// keeps the two in step).
 /// A user as the API shows it (never the password hash).
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct UserView {
     /// Random id; the `sub` of the user's tokens.
     pub id: String,
@@ -510,14 +519,23 @@ pub struct UserView {
     pub updated_at: i64,
 }
 
-/// The public view of a user (never the password hash).
-pub fn user_json(u: &User) -> Value {
-    json!({
-        "id": u.id, "email": u.email, "username": u.username, "phone": u.phone,
-        "roles": u.roles, "app_metadata": u.app_metadata, "user_metadata": u.user_metadata,
-        "anonymous": u.anonymous, "email_confirmed_at": u.email_confirmed_at, "disabled": u.disabled,
-        "created_at": u.created_at, "updated_at": u.updated_at,
-    })
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        UserView {
+            id: u.id,
+            email: u.email,
+            username: u.username,
+            phone: u.phone,
+            roles: u.roles,
+            app_metadata: u.app_metadata,
+            user_metadata: u.user_metadata,
+            anonymous: u.anonymous,
+            email_confirmed_at: u.email_confirmed_at,
+            disabled: u.disabled,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
 }
 
 /// The caller's account.
@@ -532,13 +550,13 @@ pub fn user_json(u: &User) -> Value {
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
-async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<UserView>, ApiError> {
     let (user, _) = auth::sessions::caller(&app, bearer(&headers)).await?;
-    Ok(Json(user_json(&user)))
+    Ok(Json(user.into()))
 }
 
 /// Changes to the caller's account; absent fields are left alone.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UpdateMe {
     /// New email address (unconfirmed; with the email flows on, an existing address is
@@ -583,7 +601,7 @@ async fn update_me(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserView>, ApiError> {
     let (user, _) = auth::sessions::caller(&app, bearer(&headers)).await?;
     let b: UpdateMe = json_body(&headers, &body)?;
     let changes = ProfileChanges {
@@ -593,5 +611,5 @@ async fn update_me(
         user_metadata: b.user_metadata,
     };
     let user = auth::profile::update(&app, user, changes).await?;
-    Ok(Json(user_json(&user)))
+    Ok(Json(user.into()))
 }

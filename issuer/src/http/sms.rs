@@ -10,8 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{client_ip, json_body, ApiError, ErrorBody};
@@ -45,7 +44,7 @@ fn enabled(app: &App) -> Result<&SmsLogin, ApiError> {
 }
 
 /// A request for a code.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SmsStart {
     /// The phone number, international (`+1 201 555 0123`) or national with `region`.
@@ -56,9 +55,8 @@ pub(super) struct SmsStart {
     region: Option<String>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// The answer of `/v1/auth/sms/start`: the same for every accepted number.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SmsStarted {
     /// Always `sent`.
     #[schema(example = "sent")]
@@ -94,7 +92,7 @@ async fn sms_start(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<SmsStarted>), ApiError> {
     let sms = enabled(&app)?;
     let b: SmsStart = json_body(&headers, &body)?;
     let ip = client_ip(peer, &headers);
@@ -102,12 +100,15 @@ async fn sms_start(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"status": "sent", "expires_in": sms.cfg.code_ttl.as_secs()})),
+        Json(SmsStarted {
+            status: "sent".into(),
+            expires_in: sms.cfg.code_ttl.as_secs(),
+        }),
     ))
 }
 
 /// A code to check.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SmsVerify {
     /// The phone number the code was sent to (any spelling of it).
@@ -154,8 +155,8 @@ async fn sms_verify(
     Ok(Json(pair))
 }
 
-// Schema for the OpenAPI document only: the handler reads every pair (the signature covers
-// them all).
+// The handler reads every pair, not this type: the signature covers them all, unknown ones
+// included, and it takes Twilio's older `SmsSid`/`SmsStatus` names too.
 /// Twilio's status callback (form-encoded; only the fields used are listed).
 #[derive(ToSchema)]
 pub struct SmsStatusForm {
@@ -293,10 +294,8 @@ struct MessageQuery {
     limit: Option<i64>,
 }
 
-// Schema for the OpenAPI document only; `message_json` writes the JSON (a test in
-// `openapi.rs` keeps the two in step).
-/// An SMS the issuer sent, with its latest delivery status.
-#[derive(ToSchema)]
+/// An SMS the issuer sent, with its latest delivery status (never the code: it is not stored).
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SmsMessageView {
     /// Id.
     pub id: String,
@@ -318,21 +317,26 @@ pub struct SmsMessageView {
     pub updated_at: i64,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// `GET /admin/sms/messages`.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SmsMessageList {
     /// Messages, newest first.
     pub messages: Vec<SmsMessageView>,
 }
 
-/// The admin view of a sent message (never the code: it is not stored).
-pub fn message_json(m: &SmsMessage) -> Value {
-    json!({
-        "id": m.id, "provider": m.provider, "provider_id": m.provider_id, "phone": m.phone,
-        "status": m.status, "error_code": m.error_code, "created_at": m.created_at,
-        "updated_at": m.updated_at,
-    })
+impl From<SmsMessage> for SmsMessageView {
+    fn from(m: SmsMessage) -> Self {
+        SmsMessageView {
+            id: m.id,
+            provider: m.provider,
+            provider_id: m.provider_id,
+            phone: m.phone,
+            status: m.status,
+            error_code: m.error_code,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
 }
 
 /// Lists sent SMS with their delivery status.
@@ -353,7 +357,7 @@ pub fn message_json(m: &SmsMessage) -> Value {
 async fn list_messages(
     State(app): State<Arc<App>>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SmsMessageList>, ApiError> {
     let q: MessageQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
     let phone = match q.phone.as_deref() {
@@ -374,7 +378,7 @@ async fn list_messages(
         .store
         .sms_list_messages(phone.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000))
         .await?;
-    Ok(Json(
-        json!({"messages": list.iter().map(message_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(SmsMessageList {
+        messages: list.into_iter().map(SmsMessageView::from).collect(),
+    }))
 }
