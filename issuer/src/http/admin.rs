@@ -9,14 +9,15 @@ use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::public::UserView;
 use super::{bearer, json_body, ApiError, ErrorBody};
@@ -28,34 +29,25 @@ use crate::crypto::secrets;
 use crate::store::{ApiKey, Session, SigningKey};
 use crate::tokens;
 
-/// The admin router.
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/admin/users", get(list_users).post(create_user))
-        .route(
-            "/admin/users/{id}",
-            get(get_user).patch(update_user).delete(delete_user),
-        )
-        .route("/admin/users/{id}/roles", put(set_roles))
-        .route(
-            "/admin/users/{id}/sessions",
-            get(list_sessions).delete(revoke_user_sessions),
-        )
-        .route("/admin/sessions/{id}", delete(revoke_session))
-        .route("/admin/api-keys", get(list_api_keys).post(create_api_key))
-        .route("/admin/api-keys/{id}", delete(revoke_api_key))
-        .route("/admin/keys", get(list_keys))
-        .route("/admin/keys/rotate", post(rotate_keys))
+/// The admin routes with their documentation, SMS messages included (the token check,
+/// state, fallbacks and layers are added by [`super::admin_app`]).
+pub(crate) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, update_user, delete_user))
+        .routes(routes!(set_roles))
+        .routes(routes!(list_sessions, revoke_user_sessions))
+        .routes(routes!(revoke_session))
+        .routes(routes!(list_api_keys, create_api_key))
+        .routes(routes!(revoke_api_key))
+        .routes(routes!(list_keys))
+        .routes(routes!(rotate_keys))
         .merge(super::sms::admin_routes())
-        .fallback(super::not_found)
-        .method_not_allowed_fallback(super::method_not_allowed)
-        .layer(middleware::from_fn_with_state(app.clone(), require_admin))
-        .with_state(app)
 }
 
 /// The admin API opens to the admin token, or to an access token of this issuer carrying
 /// role `admin` whose session is still active.
-async fn require_admin(
+pub(super) async fn require_admin(
     State(app): State<Arc<App>>,
     req: Request,
     next: Next,

@@ -11,10 +11,21 @@ use axum::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{bearer, client_ip, json_body, ApiError, ErrorBody};
 use crate::app::App;
 use crate::auth::email_links;
+
+/// The email-flow routes with their documentation (merged into the public ones).
+pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(confirm))
+        .routes(routes!(resend))
+        .routes(routes!(forgot))
+        .routes(routes!(reset))
+}
 
 /// The answer of `forgot` and `resend`, the same whatever the account.
 const ACCEPTED: &str = "if an account with this address exists, a message has been sent to it";
@@ -91,7 +102,7 @@ fn accepted() -> (StatusCode, Json<AcceptedBody>) {
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
-pub(super) async fn confirm(
+async fn confirm(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
@@ -121,7 +132,7 @@ pub(super) async fn confirm(
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
-pub(super) async fn resend(
+async fn resend(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
@@ -148,7 +159,7 @@ pub(super) async fn resend(
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
-pub(super) async fn forgot(
+async fn forgot(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -176,7 +187,7 @@ pub(super) async fn forgot(
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
-pub(super) async fn reset(
+async fn reset(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,

@@ -203,15 +203,28 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// The public API with its body limit, JSON 413 and request log: what the public listener
 /// serves (wrap with `into_make_service_with_connect_info::<SocketAddr>`).
 pub fn public_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
-    public::router(app)
+    let (routes, _) = public::routes().split_for_parts();
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(axum::middleware::from_fn(json_413))
         .layer(axum::middleware::from_fn(crate::metrics::request_log))
 }
 
-/// The admin API with the same layers as [`public_app`]: what the admin listener serves.
+/// The admin API behind its token check, with the same layers as [`public_app`]: what the
+/// admin listener serves.
 pub fn admin_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
-    admin::router(app)
+    let (routes, _) = admin::routes().split_for_parts();
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            admin::require_admin,
+        ))
+        .with_state(app)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(axum::middleware::from_fn(json_413))
         .layer(axum::middleware::from_fn(crate::metrics::request_log))

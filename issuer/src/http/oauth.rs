@@ -11,14 +11,15 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{client_ip, ApiError, ErrorBody};
 use crate::app::App;
@@ -26,13 +27,12 @@ use crate::auth::sessions::Introspection as Found;
 use crate::auth::{self, TokenPair};
 use crate::crypto::secrets;
 
-/// The OAuth router (merged into the public one).
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/oauth/token", post(token))
-        .route("/oauth/introspect", post(introspect))
-        .route("/oauth/revoke", post(revoke))
-        .with_state(app)
+/// The OAuth routes with their documentation (merged into the public ones).
+pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(token))
+        .routes(routes!(introspect))
+        .routes(routes!(revoke))
 }
 
 /// Reads a form body into `T`. RFC 6749 §3.1: unknown parameters are ignored, and a
@@ -159,21 +159,27 @@ pub struct Introspection {
     pub active: bool,
     /// `access_token` or `refresh_token` (active tokens only).
     #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_type: Option<String>,
     /// Subject.
     #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
     /// Session id.
     #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
     /// Issuer.
     #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     /// Expiry (seconds since the epoch; for a refresh token, the session's end).
     #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
     /// Issue time (seconds since the epoch).
     #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
     /// An access token's other claims.
     #[serde(flatten)]

@@ -8,44 +8,40 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{bearer, client_ip, json_body, ApiError, ErrorBody};
 use crate::app::App;
 use crate::auth::{self, password::SignUp, profile::ProfileChanges, sessions::LogoutBy, TokenPair};
 use crate::store::User;
 
-/// The public router.
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/.well-known/openid-configuration", get(discovery))
-        .route("/v1/auth/password", post(password_login))
-        .route("/v1/auth/api-key", post(api_key_login))
-        .route("/v1/auth/anonymous", post(anonymous_login))
-        .route("/v1/auth/refresh", post(refresh))
-        .route("/v1/auth/logout", post(logout))
-        .route("/v1/users", post(signup))
-        .route("/v1/users/confirm", post(super::email::confirm))
-        .route("/v1/users/confirm/resend", post(super::email::resend))
-        .route("/v1/password/forgot", post(super::email::forgot))
-        .route("/v1/password/reset", post(super::email::reset))
-        .route("/v1/users/me", get(me).patch(update_me))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(super::openapi::openapi_json))
-        .fallback(super::not_found)
-        .method_not_allowed_fallback(super::method_not_allowed)
-        .with_state(app.clone())
-        .merge(super::sms::public_router(app.clone()))
-        .merge(super::oauth::router(app))
+/// The public routes with their documentation, those of the email flows, SMS login and the
+/// OAuth endpoints included (state, fallbacks and layers are added by [`super::public_app`]).
+pub(crate) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(jwks))
+        .routes(routes!(discovery))
+        .routes(routes!(password_login))
+        .routes(routes!(api_key_login))
+        .routes(routes!(anonymous_login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(signup))
+        .routes(routes!(me, update_me))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(super::openapi::openapi_json))
+        .merge(super::email::routes())
+        .merge(super::sms::public_routes())
+        .merge(super::oauth::routes())
 }
 
 // The handler serves the key ring's cached serialization (its ETag is computed over those

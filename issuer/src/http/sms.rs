@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{client_ip, json_body, ApiError, ErrorBody};
 use crate::app::{now, App};
@@ -19,18 +20,18 @@ use crate::auth::{self, TokenPair};
 use crate::sms::{bounded_status, phone, signature, SmsLogin};
 use crate::store::SmsMessage;
 
-/// The public SMS routes (state applied).
-pub fn public_router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/v1/auth/sms/start", post(sms_start))
-        .route("/v1/auth/sms/verify", post(sms_verify))
-        .route("/v1/webhooks/sms-status", post(sms_status))
-        .with_state(app)
+/// The public SMS routes with their documentation (merged into the public ones).
+pub(super) fn public_routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(sms_start))
+        .routes(routes!(sms_verify))
+        .routes(routes!(sms_status))
 }
 
-/// The admin SMS routes, merged into the admin router (behind its token check).
-pub fn admin_routes() -> Router<Arc<App>> {
-    Router::new().route("/admin/sms/messages", get(list_messages))
+/// The admin SMS routes with their documentation, merged into the admin ones (behind its
+/// token check).
+pub(super) fn admin_routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new().routes(routes!(list_messages))
 }
 
 fn enabled(app: &App) -> Result<&SmsLogin, ApiError> {
