@@ -20,6 +20,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::public::UserView;
+use super::responses::{
+    AdminForbidden, AdminUnauthorized, MalformedBody, NotJson, PayloadTooLarge, Unavailable,
+    UserNotFound,
+};
 use super::{bearer, json_body, ApiError, ErrorBody};
 use crate::accounts::{self, AccountChanges, AccountError, NewAccount};
 use crate::app::{now, App};
@@ -274,9 +278,9 @@ pub struct RotatedKey {
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "A page of users", body = UserList),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn list_users(
@@ -328,13 +332,13 @@ pub(super) struct CreateUser {
     responses(
         (status = 201, description = "The new user", body = UserView),
         (status = 400, description = "Malformed body, neither `email` nor `username`, or metadata not an object", body = ErrorBody),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
         (status = 422, description = "The password does not meet the policy (`weak_password`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn create_user(
@@ -372,10 +376,10 @@ async fn create_user(
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "The user", body = UserView),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 404, response = UserNotFound),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn get_user(
@@ -415,14 +419,14 @@ pub(super) struct UpdateUser {
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "The updated user", body = UserView),
-        (status = 400, description = "Malformed body", body = ErrorBody),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+        (status = 400, response = MalformedBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 404, response = UserNotFound),
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn update_user(
@@ -454,12 +458,12 @@ async fn update_user(
     responses(
         (status = 200, description = "The updated user", body = UserView),
         (status = 400, description = "Malformed body (not an array of strings)", body = ErrorBody),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 404, response = UserNotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn set_roles(
@@ -481,10 +485,10 @@ async fn set_roles(
     security(("adminToken" = [])),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 404, response = UserNotFound),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn delete_user(
@@ -504,9 +508,9 @@ async fn delete_user(
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "The sessions (empty for an unknown user)", body = SessionList),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn list_sessions(
@@ -528,9 +532,9 @@ async fn list_sessions(
     security(("adminToken" = [])),
     responses(
         (status = 204, description = "Revoked (also when there were none)"),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn revoke_user_sessions(
@@ -550,10 +554,10 @@ async fn revoke_user_sessions(
     security(("adminToken" = [])),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
         (status = 404, description = "No such session (`not_found`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn revoke_session(
@@ -592,11 +596,11 @@ pub(super) struct CreateApiKey {
     responses(
         (status = 201, description = "The key and its secret", body = CreatedApiKey),
         (status = 400, description = "Malformed body or bad `subject`", body = ErrorBody),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn create_api_key(
@@ -637,9 +641,9 @@ struct KeyFilter {
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "The keys", body = ApiKeyList),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn list_api_keys(
@@ -662,10 +666,10 @@ async fn list_api_keys(
     security(("adminToken" = [])),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
         (status = 404, description = "No such API key (`not_found`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn revoke_api_key(
@@ -684,9 +688,9 @@ async fn revoke_api_key(
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "The signing keys", body = SigningKeyList),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn list_keys(State(app): State<Arc<App>>) -> Result<Json<SigningKeyList>, ApiError> {
@@ -704,8 +708,8 @@ async fn list_keys(State(app): State<Arc<App>>) -> Result<Json<SigningKeyList>, 
     security(("adminToken" = [])),
     responses(
         (status = 202, description = "The new key, published but not signing yet", body = RotatedKey),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
         (status = 503, description = "The database is unavailable or rotation failed", body = ErrorBody),
     )
 )]

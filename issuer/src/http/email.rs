@@ -14,6 +14,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::responses::{
+    EmailDisabled, InvalidToken, NotJson, PayloadTooLarge, TooManyRequests, Unavailable,
+};
 use super::{bearer, client_ip, json_body, ApiError, ErrorBody};
 use crate::app::App;
 use crate::auth::email_links;
@@ -95,11 +98,11 @@ fn accepted() -> (StatusCode, Json<AcceptedBody>) {
     responses(
         (status = 200, description = "The address is confirmed (and, for a change, now the account's)", body = ConfirmedBody),
         (status = 400, description = "Malformed body, or an unknown, used or expired token (`invalid_grant`)", body = ErrorBody),
-        (status = 403, description = "The email flows are disabled (`disabled`)", body = ErrorBody),
+        (status = 403, response = EmailDisabled),
         (status = 409, description = "The new address was taken by another account meanwhile (`conflict`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn confirm(
@@ -126,10 +129,10 @@ async fn confirm(
     responses(
         (status = 202, description = "A new link is on its way", body = AcceptedBody),
         (status = 400, description = "The account has no address, or it is already confirmed", body = ErrorBody),
-        (status = 401, description = "Missing, invalid or revoked access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "The email flows are disabled (`disabled`)", body = ErrorBody),
-        (status = 429, description = "Too many requests for this account (`too_many_requests`, with `Retry-After`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = InvalidToken),
+        (status = 403, response = EmailDisabled),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn resend(
@@ -152,11 +155,11 @@ async fn resend(
     responses(
         (status = 202, description = "Accepted (for known and unknown addresses alike)", body = AcceptedBody),
         (status = 400, description = "Malformed body or invalid email address", body = ErrorBody),
-        (status = 403, description = "The email flows are disabled (`disabled`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 429, description = "Too many requests for this address or from this client (`too_many_requests`, with `Retry-After`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 403, response = EmailDisabled),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn forgot(
@@ -180,11 +183,11 @@ async fn forgot(
     responses(
         (status = 204, description = "The password is changed and every session of the account is revoked"),
         (status = 400, description = "Malformed body, or an unknown, used or expired token (`invalid_grant`)", body = ErrorBody),
-        (status = 403, description = "The email flows are disabled (`disabled`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 403, response = EmailDisabled),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
         (status = 422, description = "The new password does not meet the policy (`weak_password`); the link stays usable", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn reset(

@@ -7,6 +7,7 @@ mod errors;
 pub mod oauth;
 pub mod openapi;
 pub mod public;
+mod responses;
 pub mod sms;
 
 use axum::http::{header, HeaderMap, StatusCode};

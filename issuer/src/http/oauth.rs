@@ -21,6 +21,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::responses::{InvalidClient, NotForm, PayloadTooLarge, TooManyRequests, Unavailable};
 use super::{client_ip, ApiError, ErrorBody};
 use crate::app::App;
 use crate::auth::sessions::Introspection as Found;
@@ -223,11 +224,10 @@ impl Introspection {
          )),
         (status = 400, description = "Malformed or repeated parameters, missing parameters (`invalid_request`), unknown grant (`unsupported_grant_type`), or wrong credentials / refresh token (`invalid_grant`, RFC 6749 §5.2)", body = ErrorBody),
         (status = 401, description = "A bad client secret (`invalid_client`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body not `application/x-www-form-urlencoded`", body = ErrorBody),
-        (status = 429, description = "Too many failed password attempts", body = ErrorBody,
-         headers(("Retry-After" = i64, description = "Seconds until the budget resets"))),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotForm),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn token(
@@ -342,10 +342,10 @@ async fn require_client(
     responses(
         (status = 200, description = "Whether the token is active, and its claims", body = Introspection),
         (status = 400, description = "Malformed form or missing `token`", body = ErrorBody),
-        (status = 401, description = "No valid API key or admin token (`invalid_client`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body not `application/x-www-form-urlencoded`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = InvalidClient),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotForm),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn introspect(
@@ -406,10 +406,10 @@ async fn introspect(
     responses(
         (status = 200, description = "Revoked, or the token was unknown (empty body)"),
         (status = 400, description = "Malformed form or missing `token`", body = ErrorBody),
-        (status = 401, description = "No valid API key or admin token (`invalid_client`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body not `application/x-www-form-urlencoded`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = InvalidClient),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotForm),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn revoke(

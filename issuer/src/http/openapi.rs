@@ -14,7 +14,8 @@
 //! operation's `security` means the credentials may come in the body instead.
 //!
 //! Error answers are documented as [`ErrorBody`](super::ErrorBody), 413 included (the
-//! body-size limit's answer is rewritten to that shape by `json_413`).
+//! body-size limit's answer is rewritten to that shape by `json_413`); those many operations
+//! share are reusable `components/responses` ([`super::responses`]).
 //!
 //! The operations come from the routers themselves: each module registers its handlers with
 //! `routes!` on a `utoipa_axum` `OpenApiRouter`, which yields the axum routes and their
@@ -29,7 +30,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::server::{ServerBuilder, ServerVariableBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, public};
+use super::{admin, public, responses};
 
 /// The document's metadata: info, tags and security schemes (the paths come from the
 /// routers, see [`document`]).
@@ -43,6 +44,20 @@ use super::{admin, public};
                        admin API (served on the admin listener only). Errors answer \
                        `{\"error\", \"error_description\"}` with the status shown."
     ),
+    components(responses(
+        responses::MalformedBody,
+        responses::InvalidToken,
+        responses::InvalidClient,
+        responses::PayloadTooLarge,
+        responses::NotJson,
+        responses::NotForm,
+        responses::TooManyRequests,
+        responses::Unavailable,
+        responses::EmailDisabled,
+        responses::AdminUnauthorized,
+        responses::AdminForbidden,
+        responses::UserNotFound,
+    )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "auth", description = "Logins, refresh and logout; every login answers a token pair"),
@@ -250,6 +265,18 @@ mod tests {
                     responses.keys().any(|s| s.starts_with('2') || s == "304"),
                     "{m} {path}: no success response"
                 );
+                // Every shared answer it refers to is declared.
+                for (status, resp) in responses {
+                    if let Some(r) = resp["$ref"].as_str() {
+                        let name = r
+                            .strip_prefix("#/components/responses/")
+                            .expect("a response");
+                        assert!(
+                            doc["components"]["responses"][name].is_object(),
+                            "{m} {path} {status}: {r} is not declared"
+                        );
+                    }
+                }
                 // Every security requirement names a declared scheme.
                 for req in op["security"].as_array().into_iter().flatten() {
                     for name in req.as_object().expect("requirement").keys() {

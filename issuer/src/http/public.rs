@@ -17,6 +17,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::responses::{
+    InvalidToken, MalformedBody, NotJson, PayloadTooLarge, TooManyRequests, Unavailable,
+};
 use super::{bearer, client_ip, json_body, ApiError, ErrorBody};
 use crate::app::App;
 use crate::auth::{self, password::SignUp, profile::ProfileChanges, sessions::LogoutBy, TokenPair};
@@ -251,11 +254,10 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
         (status = 400, description = "Malformed body or missing credentials", body = ErrorBody),
         (status = 401, description = "Wrong login or password (`invalid_grant`)", body = ErrorBody),
         (status = 403, description = "Right password, but the email address is unconfirmed and `email.require_confirmed_email_for_password_login` is on (`email_not_confirmed`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 429, description = "Too many failed attempts", body = ErrorBody,
-         headers(("Retry-After" = i64, description = "Seconds until the budget resets"))),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn password_login(
@@ -298,11 +300,11 @@ pub(super) struct ApiKeyLogin {
     security((), ("apiKey" = [])),
     responses(
         (status = 200, description = "Logged in", body = TokenPair),
-        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 400, response = MalformedBody),
         (status = 401, description = "Unknown, revoked or expired API key (`invalid_client`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn api_key_login(
@@ -331,7 +333,7 @@ async fn api_key_login(
     responses(
         (status = 201, description = "A new anonymous user, logged in", body = TokenPair),
         (status = 403, description = "Anonymous sign-in is disabled (`disabled`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn anonymous_login(
@@ -361,11 +363,11 @@ pub(super) struct RefreshBody {
     request_body(content = RefreshBody, content_type = "application/json"),
     responses(
         (status = 200, description = "A new token pair", body = TokenPair),
-        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 400, response = MalformedBody),
         (status = 401, description = "Unknown, reused or expired refresh token, or disabled account (`invalid_grant`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn refresh(
@@ -399,9 +401,9 @@ pub(super) struct LogoutBody {
         (status = 204, description = "The session is revoked (or was unknown)"),
         (status = 400, description = "Neither a bearer token nor `refresh_token`, or a malformed body", body = ErrorBody),
         (status = 401, description = "Invalid or expired access token (`invalid_token`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn logout(
@@ -454,10 +456,10 @@ pub(super) struct SignupBody {
         (status = 400, description = "Malformed body or invalid email address", body = ErrorBody),
         (status = 403, description = "Sign-up is disabled (`disabled`)", body = ErrorBody),
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
         (status = 422, description = "The password does not meet the policy (`weak_password`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn signup(
@@ -542,8 +544,8 @@ impl From<User> for UserView {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's account", body = UserView),
-        (status = 401, description = "Missing, invalid or revoked access token (`invalid_token`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = InvalidToken),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<UserView>, ApiError> {
@@ -587,10 +589,10 @@ pub(super) struct UpdateMe {
         (status = 400, description = "Malformed body, invalid email, missing `old_password`, or metadata not an object", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked access token (`invalid_token`), or wrong `old_password` (`invalid_grant`)", body = ErrorBody),
         (status = 409, description = "The email is taken (`conflict`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
         (status = 422, description = "The new password does not meet the policy (`weak_password`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn update_me(

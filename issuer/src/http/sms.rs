@@ -14,6 +14,10 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::responses::{
+    AdminForbidden, AdminUnauthorized, NotForm, NotJson, PayloadTooLarge, TooManyRequests,
+    Unavailable,
+};
 use super::{client_ip, json_body, ApiError, ErrorBody};
 use crate::app::{now, App};
 use crate::auth::{self, TokenPair};
@@ -81,10 +85,9 @@ pub struct SmsStarted {
         (status = 202, description = "A code is on its way", body = SmsStarted),
         (status = 400, description = "Malformed body or not a valid phone number (`invalid_request`)", body = ErrorBody),
         (status = 403, description = "The number's country is not allowed (`forbidden`), or SMS login is off (`disabled`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 429, description = "A send limit is exhausted", body = ErrorBody,
-         headers(("Retry-After" = i64, description = "Seconds until a send is allowed again"))),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 429, response = TooManyRequests),
         (status = 503, description = "The SMS provider or the database is unavailable (`unavailable`); nothing was sent", body = ErrorBody),
     )
 )]
@@ -135,11 +138,10 @@ pub(super) struct SmsVerify {
         (status = 200, description = "Logged in", body = TokenPair),
         (status = 400, description = "Malformed body or invalid number (`invalid_request`); wrong, expired, used or exhausted code (`invalid_grant`)", body = ErrorBody),
         (status = 403, description = "No account for this number and sign-up by SMS is off, the account is disabled, or SMS login is off (`disabled`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 429, description = "Too many verifications from this client", body = ErrorBody,
-         headers(("Retry-After" = i64, description = "Seconds until the budget resets"))),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn sms_verify(
@@ -201,9 +203,9 @@ const KNOWN_STATUSES: [&str; 9] = [
         (status = 400, description = "Malformed form or missing `MessageSid` / `MessageStatus`", body = ErrorBody),
         (status = 403, description = "Missing or invalid signature, or delivery reports not configured (`forbidden`)", body = ErrorBody),
         (status = 404, description = "The provider is not Twilio (`not_found`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body not `application/x-www-form-urlencoded`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotForm),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn sms_status(
@@ -350,9 +352,9 @@ impl From<SmsMessage> for SmsMessageView {
     responses(
         (status = 200, description = "Messages, newest first", body = SmsMessageList),
         (status = 400, description = "Bad query string or invalid phone number", body = ErrorBody),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn list_messages(
