@@ -95,9 +95,11 @@ fn query<T: serde::de::DeserializeOwned>(q: Option<String>) -> Result<T, ApiErro
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct Page {
-    /// Page size, 1-1000 (default 100).
+    /// Page size, 1-1000 (default 100; values outside are clamped).
+    #[param(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
     limit: Option<i64>,
-    /// Users to skip (default 0).
+    /// Users to skip (default 0; negative values count as 0).
+    #[param(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
     offset: Option<i64>,
 }
 
@@ -278,6 +280,7 @@ pub struct RotatedKey {
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "A page of users", body = UserList),
+        (status = 400, description = "Bad query string (`limit` or `offset` not a 64-bit integer)", body = ErrorBody),
         (status = 401, response = AdminUnauthorized),
         (status = 403, response = AdminForbidden),
         (status = 503, response = Unavailable),
@@ -305,8 +308,10 @@ async fn list_users(
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateUser {
     /// Email address (lower-cased; unique).
+    #[schema(nullable = false, format = Email, max_length = 254, pattern = r"^[^@\s]+@\S*\.")]
     email: Option<String>,
     /// Username (lower-cased; unique).
+    #[schema(nullable = false)]
     username: Option<String>,
     /// Password, checked against the policy; without one the account cannot log in with a
     /// password.
@@ -394,6 +399,7 @@ async fn get_user(
 #[serde(deny_unknown_fields)]
 pub(super) struct UpdateUser {
     /// New email address.
+    #[schema(format = Email, max_length = 254, pattern = r"^[^@\s]+@\S*\.")]
     email: Option<String>,
     /// New username.
     username: Option<String>,
@@ -572,7 +578,9 @@ async fn revoke_session(
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateApiKey {
-    /// The `sub` of its tokens: a user id or a machine principal (1-200 characters).
+    /// The `sub` of its tokens: a user id or a machine principal (1-200 characters, not
+    /// blank).
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     subject: String,
     /// Human-readable label.
     name: Option<String>,

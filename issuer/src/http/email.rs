@@ -46,6 +46,7 @@ pub(super) struct ConfirmBody {
 #[serde(deny_unknown_fields)]
 pub(super) struct ForgotBody {
     /// The account's email address (case-insensitive).
+    #[schema(format = Email, max_length = 254, pattern = r"^[^@\s]+@\S*\.")]
     email: String,
 }
 

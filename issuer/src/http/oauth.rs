@@ -26,6 +26,7 @@ use super::{client_ip, ApiError, ErrorBody};
 use crate::app::App;
 use crate::auth::sessions::Introspection as Found;
 use crate::auth::{self, TokenPair};
+use crate::config::DEFAULT_PASSWORD_MAX;
 use crate::crypto::secrets;
 
 /// The OAuth routes with their documentation (merged into the public ones).
@@ -84,41 +85,77 @@ fn client_secret(headers: &HeaderMap, form_secret: Option<&str>) -> Option<Strin
     basic.or_else(|| form_secret.map(str::to_string))
 }
 
-/// OAuth 2.0 grant types accepted by `/oauth/token`.
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum GrantType {
-    /// RFC 6749 §4.3: `username` and `password`.
-    Password,
-    /// RFC 6749 §6: `refresh_token`.
-    RefreshToken,
-    /// RFC 6749 §4.4: the API key as the client secret.
-    ClientCredentials,
-}
-
 /// The `/oauth/token` form (`application/x-www-form-urlencoded`). Parameters must not repeat.
-#[derive(Serialize, Deserialize, ToSchema)]
+///
+/// Its schema is written by hand ([`token_form_schema`]): which parameters are required
+/// depends on `grant_type`, which the derive cannot say.
+#[derive(Serialize, Deserialize)]
 pub struct TokenForm {
     /// The grant. Read as text: an unknown grant answers `unsupported_grant_type`, not a
     /// malformed form.
-    #[schema(value_type = GrantType)]
     pub grant_type: Option<String>,
     /// `password` grant: email or username.
-    #[schema(nullable = false)]
     pub username: Option<String>,
     /// `password` grant: the password.
-    #[schema(nullable = false)]
     pub password: Option<String>,
     /// `refresh_token` grant: the refresh token to rotate.
-    #[schema(nullable = false)]
     pub refresh_token: Option<String>,
-    /// `client_credentials` grant: accepted and ignored (the API key names its subject).
-    #[schema(nullable = false)]
+    /// Accepted and ignored (the API key names its subject).
     pub client_id: Option<String>,
     /// `client_credentials` grant: the API key (`client_secret_post`), unless sent with
     /// HTTP Basic.
-    #[schema(nullable = false)]
     pub client_secret: Option<String>,
+}
+
+impl utoipa::PartialSchema for TokenForm {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        token_form_schema()
+    }
+}
+
+impl ToSchema for TokenForm {}
+
+/// One object per grant (`oneOf`, told apart by `grant_type`), each requiring what that
+/// grant needs: the handler answers 400 `invalid_request` without it.
+fn token_form_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    let client = serde_json::json!({
+        "client_id": {"type": "string", "description": "Accepted and ignored (the API key names its subject)."},
+        "client_secret": {"type": "string", "description": "The API key (`client_secret_post`), unless sent with HTTP Basic."},
+    });
+    let grant = |name: &str, required: &[&str], own: Value, description: &str| {
+        let mut properties = client.clone();
+        properties["grant_type"] = serde_json::json!({"type": "string", "enum": [name]});
+        for (k, v) in own.as_object().into_iter().flatten() {
+            properties[k] = v.clone();
+        }
+        let mut required: Vec<&str> = required.to_vec();
+        required.insert(0, "grant_type");
+        serde_json::json!({
+            "type": "object",
+            "title": name,
+            "description": description,
+            "required": required,
+            "properties": properties,
+        })
+    };
+    let schema = serde_json::json!({
+        "description": "The `/oauth/token` form (`application/x-www-form-urlencoded`): one of the \
+                        three grants. Parameters must not repeat; unknown ones are ignored.",
+        "oneOf": [
+            grant("password", &["username", "password"], serde_json::json!({
+                "username": {"type": "string", "pattern": "\\S",
+                             "description": "Email or username (not blank)."},
+                "password": {"type": "string", "minLength": 1, "maxLength": DEFAULT_PASSWORD_MAX,
+                             "description": "The password (at most `password.max_length` characters, 128 by default)."},
+            }), "RFC 6749 §4.3: a login and its password."),
+            grant("refresh_token", &["refresh_token"], serde_json::json!({
+                "refresh_token": {"type": "string", "description": "The refresh token to rotate."},
+            }), "RFC 6749 §6: rotates a refresh token."),
+            grant("client_credentials", &[], serde_json::json!({}),
+                  "RFC 6749 §4.4: the API key as the client secret (HTTP Basic or `client_secret`)."),
+        ],
+    });
+    serde_json::from_value(schema).expect("the token form schema is a schema")
 }
 
 /// The `/oauth/introspect` form (RFC 7662 §2.1). Parameters must not repeat.

@@ -26,6 +26,7 @@ use std::sync::LazyLock;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::server::{ServerBuilder, ServerVariableBuilder};
 use utoipa::{Modify, OpenApi};
@@ -154,9 +155,39 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(public::routes().into_openapi());
     doc.merge(admin::routes().into_openapi());
-    // After the merge: it edits the admin paths, which only the routers bring.
+    // After the merge: they edit paths and schemas that only the routers bring.
     AdminListener.modify(&mut doc);
+    AlternativeFields.modify(&mut doc);
     doc
+}
+
+/// Bodies that need at least one of several optional fields: (schema, fields).
+const ALTERNATIVES: &[(&str, &[&str])] = &[
+    ("PasswordLogin", &["email", "username"]),
+    ("CreateUser", &["email", "username"]),
+];
+
+/// States which of several optional fields a body needs at least one of (the handlers answer
+/// 400 without any): the derived object becomes `allOf: [object, anyOf: [required: [f], ...]]`,
+/// which the derive cannot say.
+struct AlternativeFields;
+
+impl Modify for AlternativeFields {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        for (name, fields) in ALTERNATIVES {
+            let Some(object) = components.schemas.remove(*name) else {
+                continue;
+            };
+            let any = fields.iter().fold(AnyOfBuilder::new(), |any, field| {
+                any.item(ObjectBuilder::new().required(*field))
+            });
+            let all = AllOfBuilder::new().item(object).item(any);
+            components.schemas.insert(name.to_string(), all.into());
+        }
+    }
 }
 
 /// The document, serialized once.
@@ -231,6 +262,45 @@ mod tests {
                 "{m} {p} missing from the document"
             );
         }
+    }
+
+    #[test]
+    fn openapi_states_the_alternatives_and_limits() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        for (name, fields) in ALTERNATIVES {
+            let any = &schemas[*name]["allOf"][1]["anyOf"];
+            let required: Vec<&str> = any
+                .as_array()
+                .unwrap_or_else(|| panic!("{name}: no anyOf"))
+                .iter()
+                .map(|alt| alt["required"][0].as_str().expect("a field"))
+                .collect();
+            assert_eq!(&required, fields, "{name}");
+        }
+        // The documented password limit is the configuration's default.
+        let max = crate::config::DEFAULT_PASSWORD_MAX as u64;
+        assert_eq!(
+            schemas["PasswordLogin"]["allOf"][0]["properties"]["password"]["maxLength"],
+            max
+        );
+        let grants = schemas["TokenForm"]["oneOf"].as_array().expect("oneOf");
+        assert_eq!(grants[0]["properties"]["password"]["maxLength"], max);
+        // Every grant requires grant_type, pinned to one value.
+        for g in grants {
+            assert_eq!(g["required"][0], "grant_type");
+            assert_eq!(
+                g["properties"]["grant_type"]["enum"]
+                    .as_array()
+                    .map(Vec::len),
+                Some(1)
+            );
+        }
+        // Regions are the codes the phone parser knows.
+        let regions = schemas["SmsStart"]["properties"]["region"]["enum"]
+            .as_array()
+            .expect("region enum");
+        assert!(regions.len() > 200 && regions.contains(&"US".into()));
     }
 
     #[test]

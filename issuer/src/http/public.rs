@@ -216,11 +216,14 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PasswordLogin {
-    /// The account's email address (case-insensitive).
+    /// The account's email address (case-insensitive; not blank).
+    #[schema(nullable = false, pattern = r"\S")]
     email: Option<String>,
-    /// The account's username (used when `email` is absent).
+    /// The account's username (used when `email` is absent; not blank).
+    #[schema(nullable = false, pattern = r"\S")]
     username: Option<String>,
-    /// The password.
+    /// The password (at most `password.max_length` characters, 128 by default).
+    #[schema(min_length = 1, max_length = 128)]
     password: String,
 }
 
@@ -431,6 +434,7 @@ async fn logout(
 #[serde(deny_unknown_fields)]
 pub(super) struct SignupBody {
     /// Email address (lower-cased; must be unique).
+    #[schema(format = Email, max_length = 254, pattern = r"^[^@\s]+@\S*\.")]
     email: String,
     /// Password, checked against the length policy and a list of common passwords.
     password: String,
@@ -559,6 +563,7 @@ async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<User
 pub(super) struct UpdateMe {
     /// New email address (unconfirmed; with the email flows on, an existing address is
     /// replaced only once the link mailed to the new one is used).
+    #[schema(format = Email, max_length = 254, pattern = r"^[^@\s]+@\S*\.")]
     email: Option<String>,
     /// New password, checked against the policy.
     password: Option<String>,

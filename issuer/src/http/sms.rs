@@ -38,6 +38,21 @@ pub(super) fn admin_routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new().routes(routes!(list_messages))
 }
 
+/// `region`: the ISO 3166 alpha-2 codes the phone-number parser knows (the handlers accept
+/// them in any case, with surrounding spaces).
+fn region_schema() -> utoipa::openapi::Object {
+    let codes: Vec<String> = (b'A'..=b'Z')
+        .flat_map(|a| (b'A'..=b'Z').map(move |b| String::from_utf8(vec![a, b]).expect("ASCII")))
+        .filter(|code| phone::region(code).as_deref() == Some(code.as_str()))
+        .collect();
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(codes))
+        .description(Some("ISO 3166 alpha-2 region to read a national number in"))
+        .examples([serde_json::json!("US")])
+        .build()
+}
+
 fn enabled(app: &App) -> Result<&SmsLogin, ApiError> {
     app.sms.as_ref().ok_or_else(|| {
         ApiError::new(
@@ -52,11 +67,16 @@ fn enabled(app: &App) -> Result<&SmsLogin, ApiError> {
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SmsStart {
-    /// The phone number, international (`+1 201 555 0123`) or national with `region`.
+    /// The phone number, international (`+1 201 555 0123`, E.164 with optional spaces,
+    /// dashes, dots or parentheses; at most 64 characters) or national with `region`; it must
+    /// be a valid number of its country's numbering plan, without an extension.
+    // No pattern: which numbers exist is numbering-plan data (libphonenumber's) that no
+    // pattern states; `format: phone` names that, and the description gives the spelling.
+    #[schema(format = "phone")]
     #[schema(example = "+12015550123")]
     phone: String,
     /// ISO 3166 alpha-2 region to read a national number in (default: `sms.default_region`).
-    #[schema(example = "US")]
+    #[schema(schema_with = region_schema)]
     region: Option<String>,
 }
 
@@ -116,12 +136,16 @@ async fn sms_start(
 #[serde(deny_unknown_fields)]
 pub(super) struct SmsVerify {
     /// The phone number the code was sent to (any spelling of it).
+    // No pattern: which numbers exist is numbering-plan data (libphonenumber's) that no
+    // pattern states; `format: phone` names that, and the description gives the spelling.
+    #[schema(format = "phone")]
     #[schema(example = "+12015550123")]
     phone: String,
     /// The code from the SMS.
     #[schema(example = "123456")]
     code: String,
     /// ISO 3166 alpha-2 region to read a national number in.
+    #[schema(schema_with = region_schema)]
     region: Option<String>,
 }
 
@@ -292,8 +316,12 @@ async fn sms_status(
 #[into_params(parameter_in = Query)]
 struct MessageQuery {
     /// Only messages to this number (any spelling; national numbers need `sms.default_region`).
+    // No pattern: which numbers exist is numbering-plan data (libphonenumber's) that no
+    // pattern states; `format: phone` names that, and the description gives the spelling.
+    #[param(format = "phone")]
     phone: Option<String>,
-    /// At most this many, newest first, 1-1000 (default 100).
+    /// At most this many, newest first, 1-1000 (default 100; values outside are clamped).
+    #[param(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
     limit: Option<i64>,
 }
 
