@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-bin=${ISSUER_BIN:-$root/target/debug/portcullis-issuer}
+bin=${ISSUER_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/portcullis-issuer}
 venv=${ST_VENV:-$root/target/schemathesis-venv}
 version=4.32.5
 max_examples=${ST_MAX_EXAMPLES:-40}
