@@ -26,7 +26,7 @@ use std::sync::LazyLock;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder};
+use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::server::{ServerBuilder, ServerVariableBuilder};
 use utoipa::{Modify, OpenApi};
@@ -157,7 +157,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(admin::routes().into_openapi());
     // After the merge: they edit paths and schemas that only the routers bring.
     AdminListener.modify(&mut doc);
-    AlternativeFields.modify(&mut doc);
+    FieldRules.modify(&mut doc);
     doc
 }
 
@@ -167,23 +167,38 @@ const ALTERNATIVES: &[(&str, &[&str])] = &[
     ("CreateUser", &["email", "username"]),
 ];
 
-/// States which of several optional fields a body needs at least one of (the handlers answer
-/// 400 without any): the derived object becomes `allOf: [object, anyOf: [required: [f], ...]]`,
-/// which the derive cannot say.
-struct AlternativeFields;
+/// Fields that need another one when given (not null): (schema, field, needs).
+const DEPENDENT: &[(&str, &str, &str)] = &[("UpdateMe", "password", "old_password")];
 
-impl Modify for AlternativeFields {
+/// States the rules between a body's fields that the derive cannot say, since the handlers
+/// answer 400 when one is broken: the derived object becomes `allOf: [object, anyOf: ...]`,
+/// the `anyOf` listing either the alternatives (`required: [f]` each) or, for a dependent
+/// field, "it is null or absent" / "the field it needs is present".
+struct FieldRules;
+
+impl Modify for FieldRules {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let Some(components) = doc.components.as_mut() else {
             return;
         };
+        let mut rules: Vec<(&str, AnyOfBuilder)> = Vec::new();
         for (name, fields) in ALTERNATIVES {
-            let Some(object) = components.schemas.remove(*name) else {
-                continue;
-            };
             let any = fields.iter().fold(AnyOfBuilder::new(), |any, field| {
                 any.item(ObjectBuilder::new().required(*field))
             });
+            rules.push((name, any));
+        }
+        for (name, field, needs) in DEPENDENT {
+            let null = ObjectBuilder::new().schema_type(Type::Null);
+            let any = AnyOfBuilder::new()
+                .item(ObjectBuilder::new().property(*field, null))
+                .item(ObjectBuilder::new().required(*needs));
+            rules.push((name, any));
+        }
+        for (name, any) in rules {
+            let Some(object) = components.schemas.remove(name) else {
+                continue;
+            };
             let all = AllOfBuilder::new().item(object).item(any);
             components.schemas.insert(name.to_string(), all.into());
         }
@@ -278,6 +293,10 @@ mod tests {
                 .collect();
             assert_eq!(&required, fields, "{name}");
         }
+        // A new password needs the old one.
+        let any = &schemas["UpdateMe"]["allOf"][1]["anyOf"];
+        assert_eq!(any[0]["properties"]["password"]["type"], "null");
+        assert_eq!(any[1]["required"][0], "old_password");
         // The documented password limit is the configuration's default.
         let max = crate::config::DEFAULT_PASSWORD_MAX as u64;
         assert_eq!(

@@ -567,7 +567,9 @@ pub(super) struct UpdateMe {
     email: Option<String>,
     /// New password, checked against the policy.
     password: Option<String>,
-    /// The current password; required with `password` when the account has one.
+    /// The current password; required with `password` when the account has one (the
+    /// document requires it with `password` always).
+    #[schema(nullable = false)]
     old_password: Option<String>,
     /// Replaces the user metadata (a JSON object).
     #[schema(value_type = Option<Object>)]
