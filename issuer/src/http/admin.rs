@@ -3,7 +3,8 @@
 //! sessions.
 //!
 //! Every handler carries a `#[utoipa::path]` annotation (tag `admin`, security scheme
-//! `adminToken`); [`super::openapi`] merges them into the one document `/openapi.json`.
+//! `adminToken`) and is registered with `routes!` in [`routes`]; [`super::openapi`] merges
+//! the documented routes into the one document `/openapi.json`.
 
 use std::sync::Arc;
 

@@ -87,7 +87,7 @@ fn client_secret(headers: &HeaderMap, form_secret: Option<&str>) -> Option<Strin
 
 /// The `/oauth/token` form (`application/x-www-form-urlencoded`). Parameters must not repeat.
 ///
-/// Its schema is written by hand ([`token_form_schema`]): which parameters are required
+/// Its schema is written by hand (`token_form_schema`): which parameters are required
 /// depends on `grant_type`, which the derive cannot say.
 #[derive(Serialize, Deserialize)]
 pub struct TokenForm {

@@ -15,11 +15,11 @@
 //!
 //! Error answers are documented as [`ErrorBody`](super::ErrorBody), 413 included (the
 //! body-size limit's answer is rewritten to that shape by `json_413`); those many operations
-//! share are reusable `components/responses` ([`super::responses`]).
+//! share are reusable `components/responses` (`http/responses.rs`).
 //!
 //! The operations come from the routers themselves: each module registers its handlers with
 //! `routes!` on a `utoipa_axum` `OpenApiRouter`, which yields the axum routes and their
-//! documented paths together; [`document`] merges them under [`ApiDoc`]'s metadata. When
+//! documented paths together; `document()` merges them under [`ApiDoc`]'s metadata. When
 //! adding a route: annotate the handler and register it with `routes!`.
 
 use std::sync::LazyLock;
@@ -34,7 +34,7 @@ use utoipa::{Modify, OpenApi};
 use super::{admin, public, responses};
 
 /// The document's metadata: info, tags and security schemes (the paths come from the
-/// routers, see [`document`]).
+/// routers, see `document()`).
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -151,7 +151,7 @@ impl Modify for AdminListener {
 
 /// The issuer's API, public and admin: [`ApiDoc`]'s metadata plus the operations of the
 /// public and admin routers, the admin ones pointed at the admin listener.
-pub fn document() -> utoipa::openapi::OpenApi {
+pub(crate) fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(public::routes().into_openapi());
     doc.merge(admin::routes().into_openapi());

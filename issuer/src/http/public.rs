@@ -1,6 +1,7 @@
 //! The public API: logins, refresh, logout, sign-up, the caller's profile, JWKS, discovery.
 //!
-//! Every handler carries a `#[utoipa::path]` annotation; [`super::openapi`] collects them.
+//! Every handler carries a `#[utoipa::path]` annotation and is registered with `routes!` in
+//! [`routes`], which yields its route and its documentation together.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
