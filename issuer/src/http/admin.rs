@@ -98,9 +98,11 @@ fn query<T: serde::de::DeserializeOwned>(q: Option<String>) -> Result<T, ApiErro
 struct Page {
     /// Page size, 1-1000 (default 100; values outside are clamped).
     #[param(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
+    #[serde(default, deserialize_with = "super::optional_integer_text")]
     limit: Option<i64>,
     /// Users to skip (default 0; negative values count as 0).
     #[param(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
+    #[serde(default, deserialize_with = "super::optional_integer_text")]
     offset: Option<i64>,
 }
 
@@ -592,6 +594,8 @@ pub(super) struct CreateApiKey {
     #[serde(default)]
     roles: Vec<String>,
     /// Lifetime in seconds (None: no expiry).
+    #[serde(default, deserialize_with = "super::optional_integer")]
+    #[schema(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
     expires_in: Option<i64>,
 }
 

@@ -322,6 +322,7 @@ struct MessageQuery {
     phone: Option<String>,
     /// At most this many, newest first, 1-1000 (default 100; values outside are clamped).
     #[param(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
+    #[serde(default, deserialize_with = "super::optional_integer_text")]
     limit: Option<i64>,
 }
 
