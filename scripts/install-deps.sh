@@ -10,6 +10,9 @@ have() {
   # PostgreSQL's server binaries live outside PATH on Debian.
   if [ "$1" = postgres ]; then
     command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+  elif [ "$1" = venv ]; then
+    # A module, not a command: `python3 -m venv` also needs ensurepip (python3-venv on Debian).
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1
   else
     command -v "$1" >/dev/null 2>&1
   fi

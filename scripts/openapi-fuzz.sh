@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-bin=${ISSUER_BIN:-$root/target/debug/portcullis-issuer}
+bin=${ISSUER_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/portcullis-issuer}
 venv=${ST_VENV:-$root/target/schemathesis-venv}
 version=4.32.5
 max_examples=${ST_MAX_EXAMPLES:-40}
@@ -63,7 +63,11 @@ done
 curl -fsS "http://127.0.0.1:$pub/readyz" >/dev/null || { cat "$dir/issuer.log"; exit 1; }
 
 # Credentials for the security schemes the operations declare (scripts/openapi/schemathesis.toml).
-key_out=$("$bin" -c "$dir/config/issuer.yaml" api-keys create --subject fuzz-client --roles admin --scopes "read write")
+# The API key belongs to a user (unconfirmed address, a password), so that the access tokens
+# it yields also reach /v1/users/me and the resend of the confirmation link.
+user_id=$("$bin" -c "$dir/config/issuer.yaml" users add --email fuzz@example.com --username fuzz-user \
+  --password "fuzz-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')")
+key_out=$("$bin" -c "$dir/config/issuer.yaml" api-keys create --subject "$user_id" --roles admin --scopes "read write")
 PC_API_KEY=$(awk '/^api key:/ {print $3}' <<<"$key_out")
 PC_CLIENT_ID=$(awk '/^id:/ {print $2}' <<<"$key_out")
 PC_ADMIN_TOKEN=$(cat "$dir/data/secrets/admin-token")

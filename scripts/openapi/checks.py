@@ -8,6 +8,27 @@ for some of them), a password the policy rejects (`weak_password`), a conflict, 
 """
 
 import schemathesis
+from hypothesis import strategies as st
+
+# `format: phone` (the issuer's phone fields, see its OpenAPI document): whether a number
+# exists is libphonenumber's numbering-plan data, which no pattern can state, so the
+# document's pattern only bounds the spelling. Without this, Schemathesis would treat the
+# format as unknown and generate arbitrary strings as "valid" phones. Real numbers in several
+# countries and spellings, all accepted by the issuer's parser.
+PHONES = [
+    "+12015550123",
+    "+1 201-555-0123",
+    "+1 (201) 555-0123",
+    "+1.201.555.0123",
+    "+1 212 555 0142",
+    "+442079460958",
+    "+44 20 7946 0958",
+    "+33 6 12 34 56 78",
+    "+61 2 9876 5432",
+    "+61 412 345 678",
+    "+81 3-3581-0101",
+]
+schemathesis.openapi.format("phone", st.sampled_from(PHONES))
 
 # Answers that mean "your request is malformed" rather than "your credentials are wrong".
 MALFORMED = {400: {"invalid_request", "unsupported_grant_type"}}

@@ -26,7 +26,8 @@ pub struct NewApiKey<'a> {
 
 /// Creates an API key; the secret is in the answer and nowhere else, ever.
 pub async fn create(app: &App, new: NewApiKey<'_>) -> Result<(ApiKey, String), AuthError> {
-    if new.subject.trim().is_empty() || new.subject.len() > MAX_SUBJECT_LEN {
+    // Characters, as the answer says (bytes refused 51-200 character subjects outside ASCII).
+    if new.subject.trim().is_empty() || new.subject.chars().count() > MAX_SUBJECT_LEN {
         return Err(AuthError::BadRequest("`subject` must be 1-200 characters"));
     }
     let secret = secrets::new_api_key();
@@ -39,7 +40,8 @@ pub async fn create(app: &App, new: NewApiKey<'_>) -> Result<(ApiKey, String), A
         name: new.name.to_string(),
         scopes: new.scopes,
         roles: new.roles,
-        expires_at: new.expires_in.map(|s| t + s.max(1)),
+        // Saturating: a lifetime near i64::MAX means "never", not an overflow.
+        expires_at: new.expires_in.map(|s| t.saturating_add(s.max(1))),
         revoked_at: None,
         last_used_at: None,
         created_at: t,

@@ -2,7 +2,7 @@
 //! rotation with reuse detection, the caller behind an access token, logout, introspection
 //! and revocation.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::AuthError;
@@ -12,13 +12,13 @@ use crate::store::{RotateOutcome, Session, StoreError, User};
 use crate::tokens;
 
 /// What every successful login returns.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenPair {
     /// The access JWT.
     pub access_token: String,
     /// Always `Bearer`.
     #[schema(example = "Bearer")]
-    pub token_type: &'static str,
+    pub token_type: String,
     /// Seconds until the access token expires.
     pub expires_in: u64,
     /// The opaque refresh token.
@@ -56,7 +56,7 @@ pub(crate) async fn start(
     let access_token = tokens::mint(app, user, &session, scopes, roles)?;
     Ok(TokenPair {
         access_token,
-        token_type: "Bearer",
+        token_type: "Bearer".into(),
         expires_in: app.cfg.access_ttl.as_secs(),
         refresh_token: refresh,
     })
@@ -137,7 +137,7 @@ pub(crate) async fn refresh(app: &App, presented: &str) -> Result<TokenPair, Aut
     let access_token = tokens::mint(app, &user, &session, &session.scopes, &roles)?;
     Ok(TokenPair {
         access_token,
-        token_type: "Bearer",
+        token_type: "Bearer".into(),
         expires_in: app.cfg.access_ttl.as_secs(),
         refresh_token: new_refresh,
     })

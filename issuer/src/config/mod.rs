@@ -15,6 +15,9 @@ use serde_saphyr::Spanned;
 
 pub use portcullis_common::config::ConfigError;
 
+/// `password.max_length` when the file does not set it (the OpenAPI document states it).
+pub(crate) const DEFAULT_PASSWORD_MAX: usize = 128;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileFormat {
@@ -227,7 +230,7 @@ impl IssuerConfig {
             }
         };
         let password_max = match &f.password.max_length {
-            None => 128,
+            None => DEFAULT_PASSWORD_MAX,
             Some(m) if m.value >= 64 => m.value,
             Some(m) => {
                 return Err(ConfigError::At {

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::units::parse_duration;
-use super::ConfigError;
 use crate::sms::phone;
+use portcullis_common::config::ConfigError;
 
 /// The `sms:` section as written in the file.
 #[derive(Debug, Default, Deserialize)]

@@ -3,59 +3,56 @@
 //! sessions.
 //!
 //! Every handler carries a `#[utoipa::path]` annotation (tag `admin`, security scheme
-//! `adminToken`); [`super::openapi`] merges them into the one document `/openapi.json`.
+//! `adminToken`) and is registered with `routes!` in [`routes`]; [`super::openapi`] merges
+//! the documented routes into the one document `/openapi.json`.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::public::{user_json, UserView};
+use super::public::UserView;
+use super::responses::{
+    AdminForbidden, AdminUnauthorized, MalformedBody, NotJson, PayloadTooLarge, Unavailable,
+    UserNotFound,
+};
 use super::{bearer, json_body, ApiError, ErrorBody};
 use crate::accounts::{self, AccountChanges, AccountError, NewAccount};
 use crate::app::App;
 use crate::auth;
 use crate::auth::api_key::NewApiKey;
 use crate::crypto::secrets;
-use crate::store::ApiKey;
+use crate::store::{ApiKey, Session, SigningKey};
 use crate::{signing_keys, tokens};
 
-/// The admin router.
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/admin/users", get(list_users).post(create_user))
-        .route(
-            "/admin/users/{id}",
-            get(get_user).patch(update_user).delete(delete_user),
-        )
-        .route("/admin/users/{id}/roles", put(set_roles))
-        .route(
-            "/admin/users/{id}/sessions",
-            get(list_sessions).delete(revoke_user_sessions),
-        )
-        .route("/admin/sessions/{id}", delete(revoke_session))
-        .route("/admin/api-keys", get(list_api_keys).post(create_api_key))
-        .route("/admin/api-keys/{id}", delete(revoke_api_key))
-        .route("/admin/keys", get(list_keys))
-        .route("/admin/keys/rotate", post(rotate_keys))
+/// The admin routes with their documentation, SMS messages included (the token check,
+/// state, fallbacks and layers are added by [`super::admin_app`]).
+pub(crate) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, update_user, delete_user))
+        .routes(routes!(set_roles))
+        .routes(routes!(list_sessions, revoke_user_sessions))
+        .routes(routes!(revoke_session))
+        .routes(routes!(list_api_keys, create_api_key))
+        .routes(routes!(revoke_api_key))
+        .routes(routes!(list_keys))
+        .routes(routes!(rotate_keys))
         .merge(super::sms::admin_routes())
-        .fallback(super::not_found)
-        .method_not_allowed_fallback(super::method_not_allowed)
-        .layer(middleware::from_fn_with_state(app.clone(), require_admin))
-        .with_state(app)
 }
 
 /// The admin API opens to the admin token, or to an access token of this issuer carrying
 /// role `admin` whose session is still active.
-async fn require_admin(
+pub(super) async fn require_admin(
     State(app): State<Arc<App>>,
     req: Request,
     next: Next,
@@ -99,23 +96,25 @@ fn query<T: serde::de::DeserializeOwned>(q: Option<String>) -> Result<T, ApiErro
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct Page {
-    /// Page size, 1-1000 (default 100).
+    /// Page size, 1-1000 (default 100; values outside are clamped).
+    #[param(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
+    #[serde(default, deserialize_with = "super::optional_integer_text")]
     limit: Option<i64>,
-    /// Users to skip (default 0).
+    /// Users to skip (default 0; negative values count as 0).
+    #[param(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
+    #[serde(default, deserialize_with = "super::optional_integer_text")]
     offset: Option<i64>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// `GET /admin/users`: a page of users.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct UserList {
     /// A page of users, oldest first.
     pub users: Vec<UserView>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// A session as the admin API shows it.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SessionView {
     /// Session id (the `sid` claim).
     pub id: String,
@@ -137,18 +136,15 @@ pub struct SessionView {
     pub revoked_reason: Option<String>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// `GET /admin/users/{id}/sessions`: a user's sessions.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SessionList {
     /// The user's sessions, revoked ones included.
     pub sessions: Vec<SessionView>,
 }
 
-// Schema for the OpenAPI document only; `api_key_json` writes the JSON (a test in
-// `openapi.rs` keeps the two in step).
 /// An API key as the admin API lists it (never the secret or its hash).
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyView {
     /// Id, used to revoke it.
     pub id: String,
@@ -175,48 +171,71 @@ pub struct ApiKeyView {
     pub created_at: i64,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// `POST /admin/api-keys`: the new key, with its secret shown this once.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct CreatedApiKey {
     /// The secret API key (`pk_...`): it is not stored and cannot be shown again.
     pub api_key: String,
-    /// Id, used to revoke it.
-    pub id: String,
-    /// Public lookup part of the key.
-    pub prefix: String,
-    /// The `sub` of tokens issued for this key.
-    pub subject: String,
-    /// Human-readable label.
-    pub name: String,
-    /// Scopes granted to its tokens.
-    pub scopes: Vec<String>,
-    /// Roles granted to its tokens.
-    pub roles: Vec<String>,
-    /// Expiry (seconds since the epoch).
-    #[schema(required = true)]
-    pub expires_at: Option<i64>,
-    /// Always null for a new key.
-    #[schema(required = true)]
-    pub revoked_at: Option<i64>,
-    /// Always null for a new key.
-    #[schema(required = true)]
-    pub last_used_at: Option<i64>,
-    /// Creation time.
-    pub created_at: i64,
+    /// The key as listed (`revoked_at` and `last_used_at` are null for a new key).
+    #[serde(flatten)]
+    pub key: ApiKeyView,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
+impl From<ApiKey> for ApiKeyView {
+    fn from(k: ApiKey) -> Self {
+        ApiKeyView {
+            id: k.id,
+            prefix: k.prefix,
+            subject: k.subject,
+            name: k.name,
+            scopes: k.scopes,
+            roles: k.roles,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            last_used_at: k.last_used_at,
+            created_at: k.created_at,
+        }
+    }
+}
+
+impl From<Session> for SessionView {
+    fn from(s: Session) -> Self {
+        SessionView {
+            id: s.id,
+            user_id: s.user_id,
+            amr: s.amr,
+            created_at: s.created_at,
+            last_used_at: s.last_used_at,
+            expires_at: s.expires_at,
+            revoked_at: s.revoked_at,
+            revoked_reason: s.revoked_reason,
+        }
+    }
+}
+
+impl From<SigningKey> for SigningKeyView {
+    fn from(k: SigningKey) -> Self {
+        SigningKeyView {
+            kid: k.kid,
+            alg: k.alg,
+            state: k.state,
+            created_at: k.created_at,
+            activates_at: k.activates_at,
+            retired_at: k.retired_at,
+            remove_after: k.remove_after,
+        }
+    }
+}
+
 /// `GET /admin/api-keys`: the API keys.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyList {
     /// The keys, revoked and expired ones included.
     pub api_keys: Vec<ApiKeyView>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// A signing key (public facts only).
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SigningKeyView {
     /// Key id (RFC 7638 thumbprint), the JWT `kid`.
     pub kid: String,
@@ -236,17 +255,15 @@ pub struct SigningKeyView {
     pub remove_after: Option<i64>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// `GET /admin/keys`: the signing keys.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SigningKeyList {
     /// Every stored signing key.
     pub keys: Vec<SigningKeyView>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// `POST /admin/keys/rotate`: the new key.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct RotatedKey {
     /// The new key's id.
     pub kid: String,
@@ -266,15 +283,16 @@ pub struct RotatedKey {
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "A page of users", body = UserList),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 400, description = "Bad query string (`limit` or `offset` not a 64-bit integer)", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn list_users(
     State(app): State<Arc<App>>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserList>, ApiError> {
     let p: Page = query(q)?;
     let users = accounts::list(
         &app,
@@ -282,18 +300,20 @@ async fn list_users(
         p.offset.unwrap_or(0).max(0),
     )
     .await?;
-    Ok(Json(
-        json!({"users": users.iter().map(user_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(UserList {
+        users: users.into_iter().map(UserView::from).collect(),
+    }))
 }
 
 /// A new user: `email` or `username` (or both).
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateUser {
     /// Email address (lower-cased; unique).
+    #[schema(nullable = false, format = Email, max_length = 254, pattern = r"^[^@\s]+@\S*\.")]
     email: Option<String>,
     /// Username (lower-cased; unique).
+    #[schema(nullable = false)]
     username: Option<String>,
     /// Password, checked against the policy; without one the account cannot log in with a
     /// password.
@@ -319,20 +339,20 @@ pub(super) struct CreateUser {
     responses(
         (status = 201, description = "The new user", body = UserView),
         (status = 400, description = "Malformed body, neither `email` nor `username`, or metadata not an object", body = ErrorBody),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
         (status = 422, description = "The password does not meet the policy (`weak_password`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn create_user(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let b: CreateUser = json_body(&headers, &body)?;
     let new = NewAccount {
         email: b.email,
@@ -351,7 +371,7 @@ async fn create_user(
         ),
         e => e.into(),
     })?;
-    Ok((StatusCode::CREATED, Json(user_json(&user))))
+    Ok((StatusCode::CREATED, Json(user.into())))
 }
 
 /// One user: what client services call to look a subject up.
@@ -363,24 +383,25 @@ async fn create_user(
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "The user", body = UserView),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 404, response = UserNotFound),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn get_user(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(user_json(&accounts::get(&app, &id).await?)))
+) -> Result<Json<UserView>, ApiError> {
+    Ok(Json(accounts::get(&app, &id).await?.into()))
 }
 
 /// Changes to a user; absent fields are left alone.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UpdateUser {
     /// New email address.
+    #[schema(format = Email, max_length = 254, pattern = r"^[^@\s]+@\S*\.")]
     email: Option<String>,
     /// New username.
     username: Option<String>,
@@ -406,14 +427,14 @@ pub(super) struct UpdateUser {
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "The updated user", body = UserView),
-        (status = 400, description = "Malformed body", body = ErrorBody),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+        (status = 400, response = MalformedBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 404, response = UserNotFound),
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn update_user(
@@ -421,7 +442,7 @@ async fn update_user(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserView>, ApiError> {
     let b: UpdateUser = json_body(&headers, &body)?;
     let changes = AccountChanges {
         email: b.email,
@@ -431,9 +452,7 @@ async fn update_user(
         user_metadata: b.user_metadata,
         disabled: b.disabled,
     };
-    Ok(Json(user_json(
-        &accounts::update(&app, &id, changes).await?,
-    )))
+    Ok(Json(accounts::update(&app, &id, changes).await?.into()))
 }
 
 /// Replaces a user's roles.
@@ -447,12 +466,12 @@ async fn update_user(
     responses(
         (status = 200, description = "The updated user", body = UserView),
         (status = 400, description = "Malformed body (not an array of strings)", body = ErrorBody),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 404, response = UserNotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn set_roles(
@@ -460,11 +479,9 @@ async fn set_roles(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserView>, ApiError> {
     let roles: Vec<String> = json_body(&headers, &body)?;
-    Ok(Json(user_json(
-        &accounts::set_roles(&app, &id, roles).await?,
-    )))
+    Ok(Json(accounts::set_roles(&app, &id, roles).await?.into()))
 }
 
 /// Deletes a user with its sessions, refresh tokens and the API keys bound to it.
@@ -476,10 +493,10 @@ async fn set_roles(
     security(("adminToken" = [])),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 404, response = UserNotFound),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn delete_user(
@@ -499,21 +516,19 @@ async fn delete_user(
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "The sessions (empty for an unknown user)", body = SessionList),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn list_sessions(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionList>, ApiError> {
     let sessions = auth::sessions::list(&app, &id).await?;
-    Ok(Json(json!({"sessions": sessions.iter().map(|s| json!({
-        "id": s.id, "user_id": s.user_id, "amr": s.amr, "created_at": s.created_at,
-        "last_used_at": s.last_used_at, "expires_at": s.expires_at,
-        "revoked_at": s.revoked_at, "revoked_reason": s.revoked_reason,
-    })).collect::<Vec<_>>()})))
+    Ok(Json(SessionList {
+        sessions: sessions.into_iter().map(SessionView::from).collect(),
+    }))
 }
 
 /// Revokes every session of a user (its refresh tokens stop working).
@@ -525,9 +540,9 @@ async fn list_sessions(
     security(("adminToken" = [])),
     responses(
         (status = 204, description = "Revoked (also when there were none)"),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn revoke_user_sessions(
@@ -547,10 +562,10 @@ async fn revoke_user_sessions(
     security(("adminToken" = [])),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
         (status = 404, description = "No such session (`not_found`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn revoke_session(
@@ -562,10 +577,12 @@ async fn revoke_session(
 }
 
 /// A new API key, bound to a subject.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateApiKey {
-    /// The `sub` of its tokens: a user id or a machine principal (1-200 characters).
+    /// The `sub` of its tokens: a user id or a machine principal (1-200 characters, not
+    /// blank).
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     subject: String,
     /// Human-readable label.
     name: Option<String>,
@@ -576,13 +593,9 @@ pub(super) struct CreateApiKey {
     #[serde(default)]
     roles: Vec<String>,
     /// Lifetime in seconds (None: no expiry).
+    #[serde(default, deserialize_with = "super::optional_integer")]
+    #[schema(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
     expires_in: Option<i64>,
-}
-
-pub(super) fn api_key_json(k: &ApiKey) -> Value {
-    json!({"id": k.id, "prefix": k.prefix, "subject": k.subject, "name": k.name, "scopes": k.scopes,
-           "roles": k.roles, "expires_at": k.expires_at, "revoked_at": k.revoked_at,
-           "last_used_at": k.last_used_at, "created_at": k.created_at})
 }
 
 /// Creates an API key; the secret is in the answer and nowhere else, ever.
@@ -595,18 +608,18 @@ pub(super) fn api_key_json(k: &ApiKey) -> Value {
     responses(
         (status = 201, description = "The key and its secret", body = CreatedApiKey),
         (status = 400, description = "Malformed body or bad `subject`", body = ErrorBody),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn create_api_key(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     let b: CreateApiKey = json_body(&headers, &body)?;
     let new = NewApiKey {
         subject: &b.subject,
@@ -616,9 +629,11 @@ async fn create_api_key(
         expires_in: b.expires_in,
     };
     let (key, secret) = auth::api_key::create(&app, new).await?;
-    let mut v = api_key_json(&key);
-    v["api_key"] = json!(secret);
-    Ok((StatusCode::CREATED, Json(v)))
+    let created = CreatedApiKey {
+        api_key: secret,
+        key: key.into(),
+    };
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// Filter of `GET /admin/api-keys`.
@@ -638,20 +653,20 @@ struct KeyFilter {
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "The keys", body = ApiKeyList),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn list_api_keys(
     State(app): State<Arc<App>>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ApiKeyList>, ApiError> {
     let f: KeyFilter = query(q)?;
     let keys = auth::api_key::list(&app, f.subject.as_deref()).await?;
-    Ok(Json(
-        json!({"api_keys": keys.iter().map(api_key_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(ApiKeyList {
+        api_keys: keys.into_iter().map(ApiKeyView::from).collect(),
+    }))
 }
 
 /// Revokes an API key.
@@ -663,10 +678,10 @@ async fn list_api_keys(
     security(("adminToken" = [])),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
         (status = 404, description = "No such API key (`not_found`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn revoke_api_key(
@@ -685,17 +700,16 @@ async fn revoke_api_key(
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "The signing keys", body = SigningKeyList),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 503, response = Unavailable),
     )
 )]
-async fn list_keys(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+async fn list_keys(State(app): State<Arc<App>>) -> Result<Json<SigningKeyList>, ApiError> {
     let keys = signing_keys::list(&app.store).await?;
-    Ok(Json(json!({"keys": keys.iter().map(|k| json!({
-        "kid": k.kid, "alg": k.alg, "state": k.state, "created_at": k.created_at,
-        "activates_at": k.activates_at, "retired_at": k.retired_at, "remove_after": k.remove_after,
-    })).collect::<Vec<_>>()})))
+    Ok(Json(SigningKeyList {
+        keys: keys.into_iter().map(SigningKeyView::from).collect(),
+    }))
 }
 
 /// Publishes a new signing key; it starts signing after the publish lead time.
@@ -706,17 +720,19 @@ async fn list_keys(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError>
     security(("adminToken" = [])),
     responses(
         (status = 202, description = "The new key, published but not signing yet", body = RotatedKey),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
         (status = 503, description = "The database is unavailable or rotation failed", body = ErrorBody),
     )
 )]
-async fn rotate_keys(State(app): State<Arc<App>>) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn rotate_keys(
+    State(app): State<Arc<App>>,
+) -> Result<(StatusCode, Json<RotatedKey>), ApiError> {
     let kid = app.keys.rotate(&app.store).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(
-            json!({"kid": kid, "state": "next", "activates_in": app.cfg.key_publish_lead.as_secs()}),
-        ),
-    ))
+    let rotated = RotatedKey {
+        kid,
+        state: "next".into(),
+        activates_in: app.cfg.key_publish_lead.as_secs(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(rotated)))
 }

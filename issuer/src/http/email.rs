@@ -9,19 +9,32 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::responses::{
+    EmailDisabled, InvalidToken, NotJson, PayloadTooLarge, TooManyRequests, Unavailable,
+};
 use super::{bearer, client_ip, json_body, ApiError, ErrorBody};
 use crate::app::App;
 use crate::auth::email_links;
+
+/// The email-flow routes with their documentation (merged into the public ones).
+pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(confirm))
+        .routes(routes!(resend))
+        .routes(routes!(forgot))
+        .routes(routes!(reset))
+}
 
 /// The answer of `forgot` and `resend`, the same whatever the account.
 const ACCEPTED: &str = "if an account with this address exists, a message has been sent to it";
 
 /// A link token from a mail.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ConfirmBody {
     /// The token of the confirmation link.
@@ -29,15 +42,16 @@ pub(super) struct ConfirmBody {
 }
 
 /// The address that forgot its password.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ForgotBody {
     /// The account's email address (case-insensitive).
+    #[schema(format = Email, max_length = 254, pattern = r"^[^@\s]+@\S*\.")]
     email: String,
 }
 
 /// A reset-link token and the new password.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ResetBody {
     /// The token of the reset link.
@@ -46,9 +60,8 @@ pub(super) struct ResetBody {
     new_password: String,
 }
 
-// Schema for the OpenAPI document only; the handlers write the JSON themselves.
 /// Request accepted; the same answer for every address.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct AcceptedBody {
     /// Always `accepted`.
     #[schema(example = "accepted")]
@@ -57,9 +70,8 @@ pub struct AcceptedBody {
     pub message: String,
 }
 
-// Schema for the OpenAPI document only; the handlers write the JSON themselves.
 /// The confirmed address.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ConfirmedBody {
     /// The account's (now confirmed) email address.
     pub email: String,
@@ -67,10 +79,13 @@ pub struct ConfirmedBody {
     pub email_confirmed_at: i64,
 }
 
-fn accepted() -> (StatusCode, Json<Value>) {
+fn accepted() -> (StatusCode, Json<AcceptedBody>) {
     (
         StatusCode::ACCEPTED,
-        Json(json!({"status": "accepted", "message": ACCEPTED})),
+        Json(AcceptedBody {
+            status: "accepted".into(),
+            message: ACCEPTED.into(),
+        }),
     )
 }
 
@@ -84,24 +99,25 @@ fn accepted() -> (StatusCode, Json<Value>) {
     responses(
         (status = 200, description = "The address is confirmed (and, for a change, now the account's)", body = ConfirmedBody),
         (status = 400, description = "Malformed body, or an unknown, used or expired token (`invalid_grant`)", body = ErrorBody),
-        (status = 403, description = "The email flows are disabled (`disabled`)", body = ErrorBody),
+        (status = 403, response = EmailDisabled),
         (status = 409, description = "The new address was taken by another account meanwhile (`conflict`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
-pub(super) async fn confirm(
+async fn confirm(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConfirmedBody>, ApiError> {
     email_links::enabled(&app)?;
     let b: ConfirmBody = json_body(&headers, &body)?;
-    let (email, confirmed_at) = email_links::confirm(&app, &b.token).await?;
-    Ok(Json(
-        json!({"email": email, "email_confirmed_at": confirmed_at}),
-    ))
+    let (email, email_confirmed_at) = email_links::confirm(&app, &b.token).await?;
+    Ok(Json(ConfirmedBody {
+        email,
+        email_confirmed_at,
+    }))
 }
 
 /// Mails a new confirmation link to the caller's unconfirmed address (older links stop
@@ -114,16 +130,16 @@ pub(super) async fn confirm(
     responses(
         (status = 202, description = "A new link is on its way", body = AcceptedBody),
         (status = 400, description = "The account has no address, or it is already confirmed", body = ErrorBody),
-        (status = 401, description = "Missing, invalid or revoked access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "The email flows are disabled (`disabled`)", body = ErrorBody),
-        (status = 429, description = "Too many requests for this account (`too_many_requests`, with `Retry-After`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = InvalidToken),
+        (status = 403, response = EmailDisabled),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
     )
 )]
-pub(super) async fn resend(
+async fn resend(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
     email_links::resend(&app, bearer(&headers)).await?;
     Ok(accepted())
 }
@@ -140,19 +156,19 @@ pub(super) async fn resend(
     responses(
         (status = 202, description = "Accepted (for known and unknown addresses alike)", body = AcceptedBody),
         (status = 400, description = "Malformed body or invalid email address", body = ErrorBody),
-        (status = 403, description = "The email flows are disabled (`disabled`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 429, description = "Too many requests for this address or from this client (`too_many_requests`, with `Retry-After`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 403, response = EmailDisabled),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
     )
 )]
-pub(super) async fn forgot(
+async fn forgot(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
     email_links::enabled(&app)?;
     let b: ForgotBody = json_body(&headers, &body)?;
     email_links::forgot(&app, &b.email, &client_ip(peer, &headers)).await?;
@@ -168,14 +184,14 @@ pub(super) async fn forgot(
     responses(
         (status = 204, description = "The password is changed and every session of the account is revoked"),
         (status = 400, description = "Malformed body, or an unknown, used or expired token (`invalid_grant`)", body = ErrorBody),
-        (status = 403, description = "The email flows are disabled (`disabled`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 403, response = EmailDisabled),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
         (status = 422, description = "The new password does not meet the policy (`weak_password`); the link stays usable", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
-pub(super) async fn reset(
+async fn reset(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,

@@ -7,18 +7,17 @@ mod errors;
 pub mod oauth;
 pub mod openapi;
 pub mod public;
+mod responses;
 pub mod sms;
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
-// Schema for the OpenAPI document only: `ApiError` writes the body (a test in `openapi.rs`
-// keeps the two in step).
 /// The body of every error answer.
-#[derive(utoipa::ToSchema)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"error": "invalid_request", "error_description": "malformed JSON body: expected value at line 1 column 1"}))]
 pub struct ErrorBody {
     /// Machine-readable code: `invalid_request`, `invalid_grant`, `invalid_client`,
@@ -84,7 +83,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": self.code, "error_description": self.description});
+        let body = ErrorBody {
+            error: self.code.to_string(),
+            error_description: self.description,
+        };
         let mut resp = (self.status, axum::Json(body)).into_response();
         for (n, v) in self.headers {
             if let Ok(v) = v.parse() {
@@ -146,6 +148,77 @@ pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Resu
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
 
+/// Reads an optional 64-bit integer of a JSON body the way JSON Schema counts integers:
+/// `3600` or `3600.0` (a number with no fractional part is an integer, and schema-driven
+/// clients send them). Anything else, or out of the `i64` range, is an error.
+pub(crate) fn optional_integer<'de, D>(d: D) -> Result<Option<i64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    d.deserialize_option(Integer { text: false })
+}
+
+/// [`optional_integer`] for query strings, where every value is text: `100` or `100.0`.
+pub(crate) fn optional_integer_text<'de, D>(d: D) -> Result<Option<i64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    d.deserialize_option(Integer { text: true })
+}
+
+/// The visitor of [`optional_integer`]: `text` accepts the number written as a string.
+struct Integer {
+    text: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for Integer {
+    type Value = Option<i64>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a 64-bit integer")
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        i64::try_from(v)
+            .map(Some)
+            .map_err(|_| E::custom("integer out of the 64-bit range"))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // 2^63 is exactly representable; every f64 with no fractional part in [-2^63, 2^63)
+        // is an i64.
+        const BOUND: f64 = 9_223_372_036_854_775_808.0;
+        if v.fract() == 0.0 && (-BOUND..BOUND).contains(&v) {
+            #[allow(clippy::cast_possible_truncation)] // integral and in range: exact
+            Ok(Some(v as i64))
+        } else {
+            Err(E::custom("expected a 64-bit integer"))
+        }
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        if !self.text {
+            return Err(E::invalid_type(serde::de::Unexpected::Str(v), &self));
+        }
+        let not_integral = match v.parse::<i64>() {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) => e,
+        };
+        v.parse::<f64>()
+            .ok()
+            .and_then(|f| self.visit_f64::<E>(f).ok())
+            .ok_or_else(|| E::custom(not_integral))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
 /// The client address: the gateway's `X-Real-IP` when the peer is local, else the peer.
 pub fn client_ip(peer: std::net::SocketAddr, headers: &HeaderMap) -> String {
     if peer.ip().is_loopback() {
@@ -202,16 +275,88 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// The public API with its body limit, JSON 413 and request log: what the public listener
 /// serves (wrap with `into_make_service_with_connect_info::<SocketAddr>`).
 pub fn public_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
-    public::router(app)
+    let (routes, _) = public::routes().split_for_parts();
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(axum::middleware::from_fn(json_413))
         .layer(axum::middleware::from_fn(crate::metrics::request_log))
 }
 
-/// The admin API with the same layers as [`public_app`]: what the admin listener serves.
+/// The admin API behind its token check, with the same layers as [`public_app`]: what the
+/// admin listener serves.
 pub fn admin_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
-    admin::router(app)
+    let (routes, _) = admin::routes().split_for_parts();
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            admin::require_admin,
+        ))
+        .with_state(app)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(axum::middleware::from_fn(json_413))
         .layer(axum::middleware::from_fn(crate::metrics::request_log))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(default, deserialize_with = "super::optional_integer")]
+        n: Option<i64>,
+    }
+
+    #[derive(Deserialize)]
+    struct Query {
+        #[serde(default, deserialize_with = "super::optional_integer_text")]
+        n: Option<i64>,
+    }
+
+    fn body(json: &str) -> Result<Option<i64>, serde_json::Error> {
+        serde_json::from_str::<Body>(json).map(|b| b.n)
+    }
+
+    fn query(q: &str) -> Result<Option<i64>, serde_urlencoded::de::Error> {
+        serde_urlencoded::from_str::<Query>(q).map(|b| b.n)
+    }
+
+    #[test]
+    fn integers_as_json_schema_counts_them() {
+        assert_eq!(body("{}").unwrap(), None);
+        assert_eq!(body(r#"{"n": null}"#).unwrap(), None);
+        assert_eq!(body(r#"{"n": 3600}"#).unwrap(), Some(3600));
+        assert_eq!(body(r#"{"n": -2541935.0}"#).unwrap(), Some(-2_541_935));
+        assert_eq!(
+            body(r#"{"n": 9223372036854775807}"#).unwrap(),
+            Some(i64::MAX)
+        );
+        assert!(body(r#"{"n": 9223372036854775808}"#).is_err());
+        assert!(body(r#"{"n": 1.5}"#).is_err());
+        assert!(
+            body(r#"{"n": "3600"}"#).is_err(),
+            "JSON strings stay refused"
+        );
+        assert_eq!(query("").unwrap(), None);
+        assert_eq!(query("n=100").unwrap(), Some(100));
+        assert_eq!(query("n=100.0").unwrap(), Some(100));
+        assert_eq!(query("n=-9223372036854775808").unwrap(), Some(i64::MIN));
+        for bad in [
+            "n=",
+            "n=x",
+            "n=1.5",
+            "n=9223372036854775808",
+            "n=inf",
+            "n=NaN",
+        ] {
+            assert!(query(bad).is_err(), "{bad}");
+        }
+        let e = query("n=9223372036854775808").unwrap_err().to_string();
+        assert_eq!(e, "number too large to fit in target type");
+    }
 }

@@ -14,23 +14,27 @@
 //! operation's `security` means the credentials may come in the body instead.
 //!
 //! Error answers are documented as [`ErrorBody`](super::ErrorBody), 413 included (the
-//! body-size limit's answer is rewritten to that shape by `json_413`).
+//! body-size limit's answer is rewritten to that shape by `json_413`); those many operations
+//! share are reusable `components/responses` (`http/responses.rs`).
 //!
-//! When adding a route: annotate the handler, list it in [`ApiDoc`] below and in `ROUTES` in
-//! this module's tests (which also checks that list against the routers' sources).
+//! The operations come from the routers themselves: each module registers its handlers with
+//! `routes!` on a `utoipa_axum` `OpenApiRouter`, which yields the axum routes and their
+//! documented paths together; `document()` merges them under [`ApiDoc`]'s metadata. When
+//! adding a route: annotate the handler and register it with `routes!`.
 
 use std::sync::LazyLock;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::server::{ServerBuilder, ServerVariableBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, email, oauth, public, sms, ErrorBody};
-use crate::auth::TokenPair;
+use super::{admin, public, responses};
 
-/// The issuer's API, public and admin.
+/// The document's metadata: info, tags and security schemes (the paths come from the
+/// routers, see `document()`).
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -41,90 +45,21 @@ use crate::auth::TokenPair;
                        admin API (served on the admin listener only). Errors answer \
                        `{\"error\", \"error_description\"}` with the status shown."
     ),
-    paths(
-        public::jwks,
-        public::discovery,
-        public::password_login,
-        public::api_key_login,
-        public::anonymous_login,
-        public::refresh,
-        public::logout,
-        public::signup,
-        public::me,
-        public::update_me,
-        email::confirm,
-        email::resend,
-        email::forgot,
-        email::reset,
-        public::healthz,
-        public::readyz,
-        public::metrics,
-        openapi_json,
-        oauth::token,
-        oauth::introspect,
-        oauth::revoke,
-        admin::list_users,
-        admin::create_user,
-        admin::get_user,
-        admin::update_user,
-        admin::delete_user,
-        admin::set_roles,
-        admin::list_sessions,
-        admin::revoke_user_sessions,
-        admin::revoke_session,
-        admin::list_api_keys,
-        admin::create_api_key,
-        admin::revoke_api_key,
-        admin::list_keys,
-        admin::rotate_keys,
-        sms::sms_start,
-        sms::sms_verify,
-        sms::sms_status,
-        sms::list_messages,
-    ),
-    components(schemas(
-        ErrorBody,
-        TokenPair,
-        public::UserView,
-        public::JwksDocument,
-        public::DiscoveryDocument,
-        public::HealthStatus,
-        public::PasswordLogin,
-        public::ApiKeyLogin,
-        public::RefreshBody,
-        public::LogoutBody,
-        public::SignupBody,
-        public::UpdateMe,
-        email::ConfirmBody,
-        email::ForgotBody,
-        email::ResetBody,
-        email::AcceptedBody,
-        email::ConfirmedBody,
-        oauth::GrantType,
-        oauth::TokenForm,
-        oauth::IntrospectForm,
-        oauth::RevokeForm,
-        oauth::Introspection,
-        admin::UserList,
-        admin::CreateUser,
-        admin::UpdateUser,
-        admin::SessionView,
-        admin::SessionList,
-        admin::CreateApiKey,
-        admin::ApiKeyView,
-        admin::CreatedApiKey,
-        admin::ApiKeyList,
-        admin::SigningKeyView,
-        admin::SigningKeyList,
-        admin::RotatedKey,
-        sms::SmsStart,
-        sms::SmsStarted,
-        sms::SmsVerify,
-        sms::SmsStatusForm,
-        sms::SmsMessageView,
-        sms::SmsMessageList,
+    components(responses(
+        responses::MalformedBody,
+        responses::InvalidToken,
+        responses::InvalidClient,
+        responses::PayloadTooLarge,
+        responses::NotJson,
+        responses::NotForm,
+        responses::TooManyRequests,
+        responses::Unavailable,
+        responses::EmailDisabled,
+        responses::AdminUnauthorized,
+        responses::AdminForbidden,
+        responses::UserNotFound,
     )),
-    modifiers(&SecuritySchemes, &AdminListener),
+    modifiers(&SecuritySchemes),
     tags(
         (name = "auth", description = "Logins, refresh and logout; every login answers a token pair"),
         (name = "users", description = "Sign-up, the caller's own account, email confirmation and password reset"),
@@ -214,9 +149,65 @@ impl Modify for AdminListener {
     }
 }
 
+/// The issuer's API, public and admin: [`ApiDoc`]'s metadata plus the operations of the
+/// public and admin routers, the admin ones pointed at the admin listener.
+pub(crate) fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(public::routes().into_openapi());
+    doc.merge(admin::routes().into_openapi());
+    // After the merge: they edit paths and schemas that only the routers bring.
+    AdminListener.modify(&mut doc);
+    FieldRules.modify(&mut doc);
+    doc
+}
+
+/// Bodies that need at least one of several optional fields: (schema, fields).
+const ALTERNATIVES: &[(&str, &[&str])] = &[
+    ("PasswordLogin", &["email", "username"]),
+    ("CreateUser", &["email", "username"]),
+];
+
+/// Fields that need another one when given (not null): (schema, field, needs).
+const DEPENDENT: &[(&str, &str, &str)] = &[("UpdateMe", "password", "old_password")];
+
+/// States the rules between a body's fields that the derive cannot say, since the handlers
+/// answer 400 when one is broken: the derived object becomes `allOf: [object, anyOf: ...]`,
+/// the `anyOf` listing either the alternatives (`required: [f]` each) or, for a dependent
+/// field, "it is null or absent" / "the field it needs is present".
+struct FieldRules;
+
+impl Modify for FieldRules {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        let mut rules: Vec<(&str, AnyOfBuilder)> = Vec::new();
+        for (name, fields) in ALTERNATIVES {
+            let any = fields.iter().fold(AnyOfBuilder::new(), |any, field| {
+                any.item(ObjectBuilder::new().required(*field))
+            });
+            rules.push((name, any));
+        }
+        for (name, field, needs) in DEPENDENT {
+            let null = ObjectBuilder::new().schema_type(Type::Null);
+            let any = AnyOfBuilder::new()
+                .item(ObjectBuilder::new().property(*field, null))
+                .item(ObjectBuilder::new().required(*needs));
+            rules.push((name, any));
+        }
+        for (name, any) in rules {
+            let Some(object) = components.schemas.remove(name) else {
+                continue;
+            };
+            let all = AllOfBuilder::new().item(object).item(any);
+            components.schemas.insert(name.to_string(), all.into());
+        }
+    }
+}
+
 /// The document, serialized once.
 static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    ApiDoc::openapi()
+    document()
         .to_json()
         .expect("the OpenAPI document serializes")
 });
@@ -245,59 +236,12 @@ mod tests {
 
     use super::*;
 
-    /// Every route the routers register: (method, path).
-    const ROUTES: &[(&str, &str)] = &[
-        // public.rs
-        ("get", "/.well-known/jwks.json"),
-        ("get", "/.well-known/openid-configuration"),
-        ("post", "/v1/auth/password"),
-        ("post", "/v1/auth/api-key"),
-        ("post", "/v1/auth/anonymous"),
-        ("post", "/v1/auth/refresh"),
-        ("post", "/v1/auth/logout"),
-        ("post", "/v1/users"),
-        ("get", "/v1/users/me"),
-        ("patch", "/v1/users/me"),
-        ("post", "/v1/users/confirm"),
-        ("post", "/v1/users/confirm/resend"),
-        ("post", "/v1/password/forgot"),
-        ("post", "/v1/password/reset"),
-        ("get", "/healthz"),
-        ("get", "/readyz"),
-        ("get", "/metrics"),
-        ("get", "/openapi.json"),
-        // oauth.rs
-        ("post", "/oauth/token"),
-        ("post", "/oauth/introspect"),
-        ("post", "/oauth/revoke"),
-        // admin.rs
-        ("get", "/admin/users"),
-        ("post", "/admin/users"),
-        ("get", "/admin/users/{id}"),
-        ("patch", "/admin/users/{id}"),
-        ("delete", "/admin/users/{id}"),
-        ("put", "/admin/users/{id}/roles"),
-        ("get", "/admin/users/{id}/sessions"),
-        ("delete", "/admin/users/{id}/sessions"),
-        ("delete", "/admin/sessions/{id}"),
-        ("get", "/admin/api-keys"),
-        ("post", "/admin/api-keys"),
-        ("delete", "/admin/api-keys/{id}"),
-        ("get", "/admin/keys"),
-        ("post", "/admin/keys/rotate"),
-        // sms.rs
-        ("post", "/v1/auth/sms/start"),
-        ("post", "/v1/auth/sms/verify"),
-        ("post", "/v1/webhooks/sms-status"),
-        ("get", "/admin/sms/messages"),
-    ];
-
     const METHODS: [&str; 8] = [
         "get", "put", "post", "delete", "options", "head", "patch", "trace",
     ];
 
     fn document() -> Value {
-        let json = ApiDoc::openapi().to_json().expect("serializes");
+        let json = super::document().to_json().expect("serializes");
         serde_json::from_str(&json).expect("valid JSON")
     }
 
@@ -314,79 +258,68 @@ mod tests {
         out
     }
 
-    fn expected() -> BTreeSet<(String, String)> {
-        ROUTES
-            .iter()
-            .map(|(m, p)| (m.to_string(), p.to_string()))
-            .collect()
-    }
-
-    /// The `.route(path, get(h).post(h2))` calls of a router's source, as (method, path).
-    fn routes_in_source(src: &str) -> BTreeSet<(String, String)> {
-        let mut out = BTreeSet::new();
-        let mut rest = src;
-        while let Some(at) = rest.find(".route(") {
-            rest = &rest[at + ".route(".len()..];
-            // The call's arguments, up to the matching parenthesis.
-            let mut depth = 1;
-            let end = rest
-                .char_indices()
-                .find_map(|(i, c)| {
-                    match c {
-                        '(' => depth += 1,
-                        ')' => depth -= 1,
-                        _ => {}
-                    }
-                    (depth == 0).then_some(i)
-                })
-                .expect("balanced .route( call");
-            let call = &rest[..end];
-            let path = call.split('"').nth(1).expect("a literal path");
-            // Method routers are the identifiers directly followed by `(`.
-            let mut ident = String::new();
-            for c in call.chars() {
-                if c.is_alphanumeric() || c == '_' {
-                    ident.push(c);
-                    continue;
-                }
-                if c == '(' && METHODS.contains(&ident.as_str()) {
-                    out.insert((ident.clone(), path.to_string()));
-                }
-                ident.clear();
-            }
-            rest = &rest[end..];
-        }
-        out
-    }
-
     #[test]
-    fn openapi_route_list_matches_the_routers() {
-        let mut in_source = routes_in_source(include_str!("public.rs"));
-        in_source.extend(routes_in_source(include_str!("oauth.rs")));
-        in_source.extend(routes_in_source(include_str!("admin.rs")));
-        in_source.extend(routes_in_source(include_str!("sms.rs")));
-        let unlisted: Vec<_> = in_source.difference(&expected()).cloned().collect();
-        let gone: Vec<_> = expected().difference(&in_source).cloned().collect();
-        assert!(
-            unlisted.is_empty() && gone.is_empty(),
-            "ROUTES must list exactly the routes the routers register; \
-             add {unlisted:?}, remove {gone:?}"
-        );
-    }
-
-    #[test]
-    fn openapi_documents_every_route() {
+    fn openapi_documents_every_router() {
+        // One route of each router module: the merge keeps them all.
         let documented = operations(&document());
-        let missing: Vec<_> = expected().difference(&documented).cloned().collect();
-        let extra: Vec<_> = documented.difference(&expected()).cloned().collect();
-        assert!(
-            missing.is_empty(),
-            "routes missing from the document: {missing:?}"
+        for (m, p) in [
+            ("get", "/.well-known/jwks.json"),
+            ("patch", "/v1/users/me"),
+            ("post", "/v1/password/reset"),
+            ("post", "/oauth/token"),
+            ("post", "/v1/auth/sms/start"),
+            ("get", "/openapi.json"),
+            ("delete", "/admin/users/{id}"),
+            ("get", "/admin/sms/messages"),
+        ] {
+            assert!(
+                documented.contains(&(m.to_string(), p.to_string())),
+                "{m} {p} missing from the document"
+            );
+        }
+    }
+
+    #[test]
+    fn openapi_states_the_alternatives_and_limits() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        for (name, fields) in ALTERNATIVES {
+            let any = &schemas[*name]["allOf"][1]["anyOf"];
+            let required: Vec<&str> = any
+                .as_array()
+                .unwrap_or_else(|| panic!("{name}: no anyOf"))
+                .iter()
+                .map(|alt| alt["required"][0].as_str().expect("a field"))
+                .collect();
+            assert_eq!(&required, fields, "{name}");
+        }
+        // A new password needs the old one.
+        let any = &schemas["UpdateMe"]["allOf"][1]["anyOf"];
+        assert_eq!(any[0]["properties"]["password"]["type"], "null");
+        assert_eq!(any[1]["required"][0], "old_password");
+        // The documented password limit is the configuration's default.
+        let max = crate::config::DEFAULT_PASSWORD_MAX as u64;
+        assert_eq!(
+            schemas["PasswordLogin"]["allOf"][0]["properties"]["password"]["maxLength"],
+            max
         );
-        assert!(
-            extra.is_empty(),
-            "documented operations with no route: {extra:?}"
-        );
+        let grants = schemas["TokenForm"]["oneOf"].as_array().expect("oneOf");
+        assert_eq!(grants[0]["properties"]["password"]["maxLength"], max);
+        // Every grant requires grant_type, pinned to one value.
+        for g in grants {
+            assert_eq!(g["required"][0], "grant_type");
+            assert_eq!(
+                g["properties"]["grant_type"]["enum"]
+                    .as_array()
+                    .map(Vec::len),
+                Some(1)
+            );
+        }
+        // Regions are the codes the phone parser knows.
+        let regions = schemas["SmsStart"]["properties"]["region"]["enum"]
+            .as_array()
+            .expect("region enum");
+        assert!(regions.len() > 200 && regions.contains(&"US".into()));
     }
 
     #[test]
@@ -421,6 +354,18 @@ mod tests {
                     responses.keys().any(|s| s.starts_with('2') || s == "304"),
                     "{m} {path}: no success response"
                 );
+                // Every shared answer it refers to is declared.
+                for (status, resp) in responses {
+                    if let Some(r) = resp["$ref"].as_str() {
+                        let name = r
+                            .strip_prefix("#/components/responses/")
+                            .expect("a response");
+                        assert!(
+                            doc["components"]["responses"][name].is_object(),
+                            "{m} {path} {status}: {r} is not declared"
+                        );
+                    }
+                }
                 // Every security requirement names a declared scheme.
                 for req in op["security"].as_array().into_iter().flatten() {
                     for name in req.as_object().expect("requirement").keys() {
@@ -453,96 +398,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// Property names of a component schema.
-    fn properties(doc: &Value, schema: &str) -> BTreeSet<String> {
-        doc["components"]["schemas"][schema]["properties"]
-            .as_object()
-            .unwrap_or_else(|| panic!("schema {schema}"))
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    fn keys(v: &Value) -> BTreeSet<String> {
-        v.as_object().expect("object").keys().cloned().collect()
-    }
-
-    #[tokio::test]
-    async fn openapi_schemas_match_what_handlers_write() {
-        let doc = document();
-        // Error answers.
-        let resp = super::super::ApiError::bad_request("x").into_response();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .expect("body");
-        let body: Value = serde_json::from_slice(&bytes).expect("JSON body");
-        assert_eq!(keys(&body), properties(&doc, "ErrorBody"));
-        // Users.
-        let user = crate::store::User {
-            id: "u".into(),
-            email: None,
-            username: None,
-            phone: None,
-            password_hash: Some("secret".into()),
-            roles: Vec::new(),
-            app_metadata: serde_json::json!({}),
-            user_metadata: serde_json::json!({}),
-            anonymous: false,
-            email_confirmed_at: None,
-            disabled: false,
-            created_at: 0,
-            updated_at: 0,
-        };
-        assert_eq!(
-            keys(&public::user_json(&user)),
-            properties(&doc, "UserView")
-        );
-        // Token pairs.
-        let pair = TokenPair {
-            access_token: "a".into(),
-            token_type: "Bearer",
-            expires_in: 1,
-            refresh_token: "r".into(),
-        };
-        assert_eq!(
-            keys(&serde_json::to_value(&pair).expect("serializes")),
-            properties(&doc, "TokenPair")
-        );
-        // API keys: listed, and created (the same plus the secret).
-        let key = crate::store::ApiKey {
-            id: "k".into(),
-            prefix: "p".into(),
-            hash: "h".into(),
-            subject: "s".into(),
-            name: String::new(),
-            scopes: Vec::new(),
-            roles: Vec::new(),
-            expires_at: None,
-            revoked_at: None,
-            last_used_at: None,
-            created_at: 0,
-        };
-        let listed = keys(&admin::api_key_json(&key));
-        assert_eq!(listed, properties(&doc, "ApiKeyView"));
-        let mut created = listed;
-        created.insert("api_key".into());
-        assert_eq!(created, properties(&doc, "CreatedApiKey"));
-        // SMS messages.
-        let message = crate::store::SmsMessage {
-            id: "m".into(),
-            provider: "log".into(),
-            provider_id: None,
-            phone: "+12015550123".into(),
-            status: "sent".into(),
-            error_code: None,
-            created_at: 0,
-            updated_at: 0,
-        };
-        assert_eq!(
-            keys(&sms::message_json(&message)),
-            properties(&doc, "SmsMessageView")
-        );
     }
 }

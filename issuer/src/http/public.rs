@@ -1,6 +1,7 @@
 //! The public API: logins, refresh, logout, sign-up, the caller's profile, JWKS, discovery.
 //!
-//! Every handler carries a `#[utoipa::path]` annotation; [`super::openapi`] collects them.
+//! Every handler carries a `#[utoipa::path]` annotation and is registered with `routes!` in
+//! [`routes`], which yields its route and its documentation together.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,58 +9,57 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::responses::{
+    InvalidToken, MalformedBody, NotJson, PayloadTooLarge, TooManyRequests, Unavailable,
+};
 use super::{bearer, client_ip, json_body, ApiError, ErrorBody};
 use crate::app::App;
 use crate::auth::{self, password::SignUp, profile::ProfileChanges, sessions::LogoutBy, TokenPair};
 use crate::store::User;
 
-/// The public router.
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/.well-known/openid-configuration", get(discovery))
-        .route("/v1/auth/password", post(password_login))
-        .route("/v1/auth/api-key", post(api_key_login))
-        .route("/v1/auth/anonymous", post(anonymous_login))
-        .route("/v1/auth/refresh", post(refresh))
-        .route("/v1/auth/logout", post(logout))
-        .route("/v1/users", post(signup))
-        .route("/v1/users/confirm", post(super::email::confirm))
-        .route("/v1/users/confirm/resend", post(super::email::resend))
-        .route("/v1/password/forgot", post(super::email::forgot))
-        .route("/v1/password/reset", post(super::email::reset))
-        .route("/v1/users/me", get(me).patch(update_me))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(super::openapi::openapi_json))
-        .fallback(super::not_found)
-        .method_not_allowed_fallback(super::method_not_allowed)
-        .with_state(app.clone())
-        .merge(super::sms::public_router(app.clone()))
-        .merge(super::oauth::router(app))
+/// The public routes with their documentation, those of the email flows, SMS login and the
+/// OAuth endpoints included (state, fallbacks and layers are added by [`super::public_app`]).
+pub(crate) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(jwks))
+        .routes(routes!(discovery))
+        .routes(routes!(password_login))
+        .routes(routes!(api_key_login))
+        .routes(routes!(anonymous_login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(signup))
+        .routes(routes!(me, update_me))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(super::openapi::openapi_json))
+        .merge(super::email::routes())
+        .merge(super::sms::public_routes())
+        .merge(super::oauth::routes())
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
+// The handler serves the key ring's cached serialization (its ETag is computed over those
+// bytes); this type names the shape for the document and for clients.
 /// The JWKS document (RFC 7517): public keys only.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct JwksDocument {
     /// Public JWKs: every key that signs, will sign, or signed a token that has not expired.
     #[schema(value_type = Vec<Object>)]
     pub keys: Vec<Value>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// The discovery document (a subset of OpenID Connect Discovery / RFC 8414).
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct DiscoveryDocument {
     /// The `iss` of every token.
     pub issuer: String,
@@ -79,13 +79,20 @@ pub struct DiscoveryDocument {
     pub subject_types_supported: Vec<String>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// The answer of the health endpoints.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct HealthStatus {
     /// `ok` (`/healthz`), `ready` or `database unavailable` (`/readyz`).
     #[schema(example = "ok")]
     pub status: String,
+}
+
+impl HealthStatus {
+    fn new(status: &str) -> Self {
+        HealthStatus {
+            status: status.to_string(),
+        }
+    }
 }
 
 /// Publishes the signing keys.
@@ -136,18 +143,22 @@ async fn jwks(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     tag = "keys",
     responses((status = 200, description = "The discovery document", body = DiscoveryDocument))
 )]
-async fn discovery(State(app): State<Arc<App>>) -> Json<Value> {
+async fn discovery(State(app): State<Arc<App>>) -> Json<DiscoveryDocument> {
     let iss = &app.cfg.issuer;
-    Json(json!({
-        "issuer": iss,
-        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
-        "token_endpoint": format!("{iss}/oauth/token"),
-        "grant_types_supported": ["password", "refresh_token", "client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "id_token_signing_alg_values_supported": [app.cfg.key_alg],
-        "response_types_supported": ["token"],
-        "subject_types_supported": ["public"],
-    }))
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    Json(DiscoveryDocument {
+        issuer: iss.clone(),
+        jwks_uri: format!("{iss}/.well-known/jwks.json"),
+        token_endpoint: format!("{iss}/oauth/token"),
+        grant_types_supported: strings(&["password", "refresh_token", "client_credentials"]),
+        token_endpoint_auth_methods_supported: strings(&[
+            "client_secret_basic",
+            "client_secret_post",
+        ]),
+        id_token_signing_alg_values_supported: vec![app.cfg.key_alg.to_string()],
+        response_types_supported: strings(&["token"]),
+        subject_types_supported: strings(&["public"]),
+    })
 }
 
 /// Liveness: the process answers.
@@ -158,8 +169,8 @@ async fn discovery(State(app): State<Arc<App>>) -> Json<Value> {
     responses((status = 200, description = "The process is up", body = HealthStatus,
                example = json!({"status": "ok"})))
 )]
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+async fn healthz() -> Json<HealthStatus> {
+    Json(HealthStatus::new("ok"))
 }
 
 /// Prometheus metrics in the text exposition format.
@@ -192,25 +203,28 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 )]
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.store.ping().await {
-        Json(json!({"status": "ready"})).into_response()
+        Json(HealthStatus::new("ready")).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "database unavailable"})),
+            Json(HealthStatus::new("database unavailable")),
         )
             .into_response()
     }
 }
 
 /// Password login: `email` or `username`, and `password`.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PasswordLogin {
-    /// The account's email address (case-insensitive).
+    /// The account's email address (case-insensitive; not blank).
+    #[schema(nullable = false, pattern = r"\S")]
     email: Option<String>,
-    /// The account's username (used when `email` is absent).
+    /// The account's username (used when `email` is absent; not blank).
+    #[schema(nullable = false, pattern = r"\S")]
     username: Option<String>,
-    /// The password.
+    /// The password (at most `password.max_length` characters, 128 by default).
+    #[schema(min_length = 1, max_length = 128)]
     password: String,
 }
 
@@ -244,11 +258,10 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
         (status = 400, description = "Malformed body or missing credentials", body = ErrorBody),
         (status = 401, description = "Wrong login or password (`invalid_grant`)", body = ErrorBody),
         (status = 403, description = "Right password, but the email address is unconfirmed and `email.require_confirmed_email_for_password_login` is on (`email_not_confirmed`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 429, description = "Too many failed attempts", body = ErrorBody,
-         headers(("Retry-After" = i64, description = "Seconds until the budget resets"))),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn password_login(
@@ -272,7 +285,7 @@ async fn password_login(
 }
 
 /// API-key login.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ApiKeyLogin {
     /// The API key, as created (`pk_...`).
@@ -291,11 +304,11 @@ pub(super) struct ApiKeyLogin {
     security((), ("apiKey" = [])),
     responses(
         (status = 200, description = "Logged in", body = TokenPair),
-        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 400, response = MalformedBody),
         (status = 401, description = "Unknown, revoked or expired API key (`invalid_client`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn api_key_login(
@@ -324,7 +337,7 @@ async fn api_key_login(
     responses(
         (status = 201, description = "A new anonymous user, logged in", body = TokenPair),
         (status = 403, description = "Anonymous sign-in is disabled (`disabled`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn anonymous_login(
@@ -337,7 +350,7 @@ async fn anonymous_login(
 }
 
 /// A refresh token to rotate.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RefreshBody {
     /// The current refresh token of the session.
@@ -354,11 +367,11 @@ pub(super) struct RefreshBody {
     request_body(content = RefreshBody, content_type = "application/json"),
     responses(
         (status = 200, description = "A new token pair", body = TokenPair),
-        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 400, response = MalformedBody),
         (status = 401, description = "Unknown, reused or expired refresh token, or disabled account (`invalid_grant`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn refresh(
@@ -371,7 +384,7 @@ async fn refresh(
 }
 
 /// Logout by refresh token (when no access token is sent).
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LogoutBody {
     /// A refresh token of the session to end.
@@ -392,9 +405,9 @@ pub(super) struct LogoutBody {
         (status = 204, description = "The session is revoked (or was unknown)"),
         (status = 400, description = "Neither a bearer token nor `refresh_token`, or a malformed body", body = ErrorBody),
         (status = 401, description = "Invalid or expired access token (`invalid_token`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn logout(
@@ -418,10 +431,11 @@ async fn logout(
 }
 
 /// Sign-up with an email address and a password.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SignupBody {
     /// Email address (lower-cased; must be unique).
+    #[schema(format = Email, max_length = 254, pattern = r"^[^@\s]+@\S*\.")]
     email: String,
     /// Password, checked against the length policy and a list of common passwords.
     password: String,
@@ -447,10 +461,10 @@ pub(super) struct SignupBody {
         (status = 400, description = "Malformed body or invalid email address", body = ErrorBody),
         (status = 403, description = "Sign-up is disabled (`disabled`)", body = ErrorBody),
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
         (status = 422, description = "The password does not meet the policy (`weak_password`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn signup(
@@ -473,10 +487,8 @@ async fn signup(
     Ok((StatusCode::CREATED, Json(pair)))
 }
 
-// Schema for the OpenAPI document only: `user_json` writes the JSON (a test in `openapi.rs`
-// keeps the two in step).
 /// A user as the API shows it (never the password hash).
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct UserView {
     /// Random id; the `sub` of the user's tokens.
     pub id: String,
@@ -510,14 +522,23 @@ pub struct UserView {
     pub updated_at: i64,
 }
 
-/// The public view of a user (never the password hash).
-pub fn user_json(u: &User) -> Value {
-    json!({
-        "id": u.id, "email": u.email, "username": u.username, "phone": u.phone,
-        "roles": u.roles, "app_metadata": u.app_metadata, "user_metadata": u.user_metadata,
-        "anonymous": u.anonymous, "email_confirmed_at": u.email_confirmed_at, "disabled": u.disabled,
-        "created_at": u.created_at, "updated_at": u.updated_at,
-    })
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        UserView {
+            id: u.id,
+            email: u.email,
+            username: u.username,
+            phone: u.phone,
+            roles: u.roles,
+            app_metadata: u.app_metadata,
+            user_metadata: u.user_metadata,
+            anonymous: u.anonymous,
+            email_confirmed_at: u.email_confirmed_at,
+            disabled: u.disabled,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
 }
 
 /// The caller's account.
@@ -528,25 +549,28 @@ pub fn user_json(u: &User) -> Value {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's account", body = UserView),
-        (status = 401, description = "Missing, invalid or revoked access token (`invalid_token`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = InvalidToken),
+        (status = 503, response = Unavailable),
     )
 )]
-async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<UserView>, ApiError> {
     let (user, _) = auth::sessions::caller(&app, bearer(&headers)).await?;
-    Ok(Json(user_json(&user)))
+    Ok(Json(user.into()))
 }
 
 /// Changes to the caller's account; absent fields are left alone.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UpdateMe {
     /// New email address (unconfirmed; with the email flows on, an existing address is
     /// replaced only once the link mailed to the new one is used).
+    #[schema(format = Email, max_length = 254, pattern = r"^[^@\s]+@\S*\.")]
     email: Option<String>,
     /// New password, checked against the policy.
     password: Option<String>,
-    /// The current password; required with `password` when the account has one.
+    /// The current password; required with `password` when the account has one (the
+    /// document requires it with `password` always).
+    #[schema(nullable = false)]
     old_password: Option<String>,
     /// Replaces the user metadata (a JSON object).
     #[schema(value_type = Option<Object>)]
@@ -573,17 +597,17 @@ pub(super) struct UpdateMe {
         (status = 400, description = "Malformed body, invalid email, missing `old_password`, or metadata not an object", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked access token (`invalid_token`), or wrong `old_password` (`invalid_grant`)", body = ErrorBody),
         (status = 409, description = "The email is taken (`conflict`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
         (status = 422, description = "The new password does not meet the policy (`weak_password`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn update_me(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserView>, ApiError> {
     let (user, _) = auth::sessions::caller(&app, bearer(&headers)).await?;
     let b: UpdateMe = json_body(&headers, &body)?;
     let changes = ProfileChanges {
@@ -593,5 +617,5 @@ async fn update_me(
         user_metadata: b.user_metadata,
     };
     let user = auth::profile::update(&app, user, changes).await?;
-    Ok(Json(user_json(&user)))
+    Ok(Json(user.into()))
 }

@@ -7,31 +7,50 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::responses::{
+    AdminForbidden, AdminUnauthorized, NotForm, NotJson, PayloadTooLarge, TooManyRequests,
+    Unavailable,
+};
 use super::{client_ip, json_body, ApiError, ErrorBody};
 use crate::app::{now, App};
 use crate::auth::{self, TokenPair};
 use crate::sms::{bounded_status, phone, signature, SmsLogin};
 use crate::store::SmsMessage;
 
-/// The public SMS routes (state applied).
-pub fn public_router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/v1/auth/sms/start", post(sms_start))
-        .route("/v1/auth/sms/verify", post(sms_verify))
-        .route("/v1/webhooks/sms-status", post(sms_status))
-        .with_state(app)
+/// The public SMS routes with their documentation (merged into the public ones).
+pub(super) fn public_routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(sms_start))
+        .routes(routes!(sms_verify))
+        .routes(routes!(sms_status))
 }
 
-/// The admin SMS routes, merged into the admin router (behind its token check).
-pub fn admin_routes() -> Router<Arc<App>> {
-    Router::new().route("/admin/sms/messages", get(list_messages))
+/// The admin SMS routes with their documentation, merged into the admin ones (behind its
+/// token check).
+pub(super) fn admin_routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new().routes(routes!(list_messages))
+}
+
+/// `region`: the ISO 3166 alpha-2 codes the phone-number parser knows (the handlers accept
+/// them in any case, with surrounding spaces).
+fn region_schema() -> utoipa::openapi::Object {
+    let codes: Vec<String> = (b'A'..=b'Z')
+        .flat_map(|a| (b'A'..=b'Z').map(move |b| String::from_utf8(vec![a, b]).expect("ASCII")))
+        .filter(|code| phone::region(code).as_deref() == Some(code.as_str()))
+        .collect();
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(codes))
+        .description(Some("ISO 3166 alpha-2 region to read a national number in"))
+        .examples([serde_json::json!("US")])
+        .build()
 }
 
 fn enabled(app: &App) -> Result<&SmsLogin, ApiError> {
@@ -45,20 +64,24 @@ fn enabled(app: &App) -> Result<&SmsLogin, ApiError> {
 }
 
 /// A request for a code.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SmsStart {
-    /// The phone number, international (`+1 201 555 0123`) or national with `region`.
+    /// The phone number, international (`+1 201 555 0123`, E.164 with optional spaces,
+    /// dashes, dots or parentheses; at most 64 characters) or national with `region`; it must
+    /// be a valid number of its country's numbering plan, without an extension.
+    // No pattern: which numbers exist is numbering-plan data (libphonenumber's) that no
+    // pattern states; `format: phone` names that, and the description gives the spelling.
+    #[schema(format = "phone")]
     #[schema(example = "+12015550123")]
     phone: String,
     /// ISO 3166 alpha-2 region to read a national number in (default: `sms.default_region`).
-    #[schema(example = "US")]
+    #[schema(schema_with = region_schema)]
     region: Option<String>,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// The answer of `/v1/auth/sms/start`: the same for every accepted number.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SmsStarted {
     /// Always `sent`.
     #[schema(example = "sent")]
@@ -82,10 +105,9 @@ pub struct SmsStarted {
         (status = 202, description = "A code is on its way", body = SmsStarted),
         (status = 400, description = "Malformed body or not a valid phone number (`invalid_request`)", body = ErrorBody),
         (status = 403, description = "The number's country is not allowed (`forbidden`), or SMS login is off (`disabled`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 429, description = "A send limit is exhausted", body = ErrorBody,
-         headers(("Retry-After" = i64, description = "Seconds until a send is allowed again"))),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 429, response = TooManyRequests),
         (status = 503, description = "The SMS provider or the database is unavailable (`unavailable`); nothing was sent", body = ErrorBody),
     )
 )]
@@ -94,7 +116,7 @@ async fn sms_start(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<SmsStarted>), ApiError> {
     let sms = enabled(&app)?;
     let b: SmsStart = json_body(&headers, &body)?;
     let ip = client_ip(peer, &headers);
@@ -102,21 +124,28 @@ async fn sms_start(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"status": "sent", "expires_in": sms.cfg.code_ttl.as_secs()})),
+        Json(SmsStarted {
+            status: "sent".into(),
+            expires_in: sms.cfg.code_ttl.as_secs(),
+        }),
     ))
 }
 
 /// A code to check.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SmsVerify {
     /// The phone number the code was sent to (any spelling of it).
+    // No pattern: which numbers exist is numbering-plan data (libphonenumber's) that no
+    // pattern states; `format: phone` names that, and the description gives the spelling.
+    #[schema(format = "phone")]
     #[schema(example = "+12015550123")]
     phone: String,
     /// The code from the SMS.
     #[schema(example = "123456")]
     code: String,
     /// ISO 3166 alpha-2 region to read a national number in.
+    #[schema(schema_with = region_schema)]
     region: Option<String>,
 }
 
@@ -133,11 +162,10 @@ pub(super) struct SmsVerify {
         (status = 200, description = "Logged in", body = TokenPair),
         (status = 400, description = "Malformed body or invalid number (`invalid_request`); wrong, expired, used or exhausted code (`invalid_grant`)", body = ErrorBody),
         (status = 403, description = "No account for this number and sign-up by SMS is off, the account is disabled, or SMS login is off (`disabled`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body sent without `Content-Type: application/json`", body = ErrorBody),
-        (status = 429, description = "Too many verifications from this client", body = ErrorBody,
-         headers(("Retry-After" = i64, description = "Seconds until the budget resets"))),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotJson),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn sms_verify(
@@ -154,8 +182,8 @@ async fn sms_verify(
     Ok(Json(pair))
 }
 
-// Schema for the OpenAPI document only: the handler reads every pair (the signature covers
-// them all).
+// The handler reads every pair, not this type: the signature covers them all, unknown ones
+// included, and it takes Twilio's older `SmsSid`/`SmsStatus` names too.
 /// Twilio's status callback (form-encoded; only the fields used are listed).
 #[derive(ToSchema)]
 pub struct SmsStatusForm {
@@ -199,9 +227,9 @@ const KNOWN_STATUSES: [&str; 9] = [
         (status = 400, description = "Malformed form or missing `MessageSid` / `MessageStatus`", body = ErrorBody),
         (status = 403, description = "Missing or invalid signature, or delivery reports not configured (`forbidden`)", body = ErrorBody),
         (status = 404, description = "The provider is not Twilio (`not_found`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Body not `application/x-www-form-urlencoded`", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotForm),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn sms_status(
@@ -288,15 +316,18 @@ async fn sms_status(
 #[into_params(parameter_in = Query)]
 struct MessageQuery {
     /// Only messages to this number (any spelling; national numbers need `sms.default_region`).
+    // No pattern: which numbers exist is numbering-plan data (libphonenumber's) that no
+    // pattern states; `format: phone` names that, and the description gives the spelling.
+    #[param(format = "phone")]
     phone: Option<String>,
-    /// At most this many, newest first, 1-1000 (default 100).
+    /// At most this many, newest first, 1-1000 (default 100; values outside are clamped).
+    #[param(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
+    #[serde(default, deserialize_with = "super::optional_integer_text")]
     limit: Option<i64>,
 }
 
-// Schema for the OpenAPI document only; `message_json` writes the JSON (a test in
-// `openapi.rs` keeps the two in step).
-/// An SMS the issuer sent, with its latest delivery status.
-#[derive(ToSchema)]
+/// An SMS the issuer sent, with its latest delivery status (never the code: it is not stored).
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SmsMessageView {
     /// Id.
     pub id: String,
@@ -318,21 +349,26 @@ pub struct SmsMessageView {
     pub updated_at: i64,
 }
 
-// Schema for the OpenAPI document only; the handler writes the JSON itself.
 /// `GET /admin/sms/messages`.
-#[derive(ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SmsMessageList {
     /// Messages, newest first.
     pub messages: Vec<SmsMessageView>,
 }
 
-/// The admin view of a sent message (never the code: it is not stored).
-pub fn message_json(m: &SmsMessage) -> Value {
-    json!({
-        "id": m.id, "provider": m.provider, "provider_id": m.provider_id, "phone": m.phone,
-        "status": m.status, "error_code": m.error_code, "created_at": m.created_at,
-        "updated_at": m.updated_at,
-    })
+impl From<SmsMessage> for SmsMessageView {
+    fn from(m: SmsMessage) -> Self {
+        SmsMessageView {
+            id: m.id,
+            provider: m.provider,
+            provider_id: m.provider_id,
+            phone: m.phone,
+            status: m.status,
+            error_code: m.error_code,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
 }
 
 /// Lists sent SMS with their delivery status.
@@ -345,15 +381,15 @@ pub fn message_json(m: &SmsMessage) -> Value {
     responses(
         (status = 200, description = "Messages, newest first", body = SmsMessageList),
         (status = 400, description = "Bad query string or invalid phone number", body = ErrorBody),
-        (status = 401, description = "No token, or neither the admin token nor a valid access token (`invalid_token`)", body = ErrorBody),
-        (status = 403, description = "An access token without role `admin`, or whose session is revoked (`forbidden`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 401, response = AdminUnauthorized),
+        (status = 403, response = AdminForbidden),
+        (status = 503, response = Unavailable),
     )
 )]
 async fn list_messages(
     State(app): State<Arc<App>>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SmsMessageList>, ApiError> {
     let q: MessageQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
     let phone = match q.phone.as_deref() {
@@ -374,7 +410,7 @@ async fn list_messages(
         .store
         .sms_list_messages(phone.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000))
         .await?;
-    Ok(Json(
-        json!({"messages": list.iter().map(message_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(SmsMessageList {
+        messages: list.into_iter().map(SmsMessageView::from).collect(),
+    }))
 }
