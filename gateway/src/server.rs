@@ -5,6 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -57,9 +58,11 @@ impl Fatal {
     pub fn fail(&self, error: FatalError) {
         let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
+            let text = error.to_string();
             *slot = Some(error);
             // notify_one keeps a permit when nobody waits yet.
             self.notify.notify_one();
+            exit_unless_stopped_in_time(text);
         }
     }
 
@@ -87,6 +90,24 @@ impl ShutdownSignalWatch for Signals {
             _ = self.0.notify.notified() => ShutdownSignal::FastShutdown,
         }
     }
+}
+
+/// How long Pingora's fast shutdown may take after a [`FatalError`] before the process exits 1
+/// regardless: a start-up failure must end the process even when a runtime is slow to stop
+/// (seen under load: a service still starting kept the shutdown waiting past 20 s).
+const FATAL_EXIT_GRACE: Duration = Duration::from_secs(3);
+
+/// The watchdog of a fatal error: if [`run`] has not returned (and the binary exited 1) within
+/// [`FATAL_EXIT_GRACE`], the process exits 1 here. Started only once an error is recorded,
+/// i.e. after any daemonizing fork.
+fn exit_unless_stopped_in_time(text: String) {
+    let _ = std::thread::Builder::new()
+        .name("fatal-exit".into())
+        .spawn(move || {
+            std::thread::sleep(FATAL_EXIT_GRACE);
+            eprintln!("portcullis-gateway: [emerg] {text} (the shutdown did not finish in time)");
+            std::process::exit(1);
+        });
 }
 
 /// Runs `server` until it shuts down; Err when it stopped for a [`FatalError`].
