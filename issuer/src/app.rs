@@ -45,7 +45,7 @@ pub enum BuildError {
     /// A directory or secret file could not be created, read or written.
     #[error("{what} {path}: {source}")]
     Io {
-        /// `creating` or `writing`.
+        /// `creating`, `reading` or `writing`.
         what: &'static str,
         /// The path.
         path: String,
@@ -77,6 +77,17 @@ fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> B
     move |source| BuildError::Io { what, path, source }
 }
 
+/// Reads a secret file; `None` only when it does not exist. A secret that exists but cannot
+/// be read is an error, never "absent": that would replace a generated secret, or store new
+/// signing keys unencrypted although a key-encryption key is configured.
+fn read_secret(path: &Path) -> Result<Option<Vec<u8>>, BuildError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error("reading", path)(e)),
+    }
+}
+
 /// Reads a generated secret, creating it (0600) on first start; `true` when just created.
 fn secret_file(
     dir: &Path,
@@ -84,8 +95,11 @@ fn secret_file(
     make: impl FnOnce() -> String,
 ) -> Result<(String, bool), BuildError> {
     let path = dir.join(name);
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        return Ok((s.trim().to_string(), false));
+    if let Some(bytes) = read_secret(&path)? {
+        let text = String::from_utf8(bytes).map_err(|e| {
+            io_error("reading", &path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })?;
+        return Ok((text.trim().to_string(), false));
     }
     std::fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
     let value = make();
@@ -125,8 +139,7 @@ impl App {
                 cfg.secrets_dir.join("admin-token").display()
             );
         }
-        let kek = std::fs::read(cfg.secrets_dir.join("key-encryption-key"))
-            .ok()
+        let kek = read_secret(&cfg.secrets_dir.join("key-encryption-key"))?
             .map(|k| k.trim_ascii().to_vec());
         let alg: KeyAlg = cfg.key_alg.parse().map_err(|_| BuildError::KeyAlg)?;
         // A retired key stays published until every token it signed has expired, plus margin.

@@ -175,3 +175,42 @@ async fn cli_account_creation_trims_and_validates_emails() {
         Err(AccountError::InvalidEmail)
     ));
 }
+
+/// Builds the service in `dir` (secrets in `dir/secrets`) and returns the start-up error.
+async fn build_error(dir: &std::path::Path) -> String {
+    let cfg_path = dir.join("issuer.yaml");
+    std::fs::write(
+        &cfg_path,
+        "database_url: sqlite://./issuer.db\nsecrets:\n  dir: ./secrets\n",
+    )
+    .expect("write config");
+    let cfg = IssuerConfig::load(&cfg_path).expect("config");
+    match App::build(cfg).await {
+        Ok(_) => "started".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_key_encryption_key_stops_the_start() {
+    // A directory where the file should be: unreadable even for root (EISDIR).
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("secrets/key-encryption-key")).expect("mkdir");
+    let err = build_error(dir.path()).await;
+    assert!(
+        err.contains("reading") && err.contains("key-encryption-key"),
+        "an unreadable KEK must not be taken as absent (keys would be stored unencrypted): {err}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_generated_secret_is_not_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("secrets/admin-token")).expect("mkdir");
+    let err = build_error(dir.path()).await;
+    assert!(
+        err.contains("reading") && err.contains("admin-token"),
+        "an unreadable admin token must stop the start, not be regenerated: {err}"
+    );
+    assert!(dir.path().join("secrets/admin-token").is_dir());
+}
