@@ -1,6 +1,7 @@
 //! API keys: creating them (admin API, CLI), checking them (constant time), and logging in
 //! with one (`amr: ["key"]`, bound to the key's subject, scopes and roles).
 
+use super::limits::{self, LimitKey};
 use super::sessions::{self, TokenPair};
 use super::AuthError;
 use crate::app::{now, App};
@@ -66,10 +67,28 @@ pub(crate) async fn find_valid(app: &App, key: &str) -> Result<Option<ApiKey>, S
     Ok(ok.then_some(record))
 }
 
-/// Exchanges an API key for a token pair bound to the key's subject, scopes and roles.
-pub(crate) async fn grant(app: &App, key: &str) -> Result<TokenPair, AuthError> {
+/// [`find_valid`] for a client at address `ip`, within the failure budget of `limits.api_key`
+/// (shared by every place a client presents a key: logins, `client_credentials`,
+/// introspection and revocation), so keys cannot be guessed at volume. `Ok(None)`: not valid.
+pub(crate) async fn authenticate(
+    app: &App,
+    key: &str,
+    ip: &str,
+) -> Result<Option<ApiKey>, AuthError> {
+    let budgets = [(LimitKey::ApiKeyFailIp(ip), app.cfg.limits.api_key.per_ip)];
+    limits::check(&app.store, &budgets).await?;
+    let found = find_valid(app, key).await?;
+    if found.is_none() {
+        limits::count(&app.store, &budgets).await?;
+    }
+    Ok(found)
+}
+
+/// Exchanges an API key presented from `ip` for a token pair bound to the key's subject,
+/// scopes and roles.
+pub(crate) async fn grant(app: &App, key: &str, ip: &str) -> Result<TokenPair, AuthError> {
     let invalid = || AuthError::InvalidClient("unknown, revoked or expired API key");
-    let record = find_valid(app, key).await?.ok_or_else(invalid)?;
+    let record = authenticate(app, key, ip).await?.ok_or_else(invalid)?;
     // last_used_at is for humans (admin listings): refreshed at most once a minute, so a
     // client logging in in a loop does not pay one more database write per login.
     let t = now();

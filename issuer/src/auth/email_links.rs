@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::limits::{self, LimitKey};
+use super::limits::{self, Budget, LimitKey};
 use super::sessions;
 use super::AuthError;
 use crate::accounts;
@@ -16,9 +16,6 @@ use crate::app::{now, App};
 use crate::crypto::secrets;
 use crate::mail::{self, MailKind};
 use crate::store::{LinkRefusal, StoreError};
-
-/// Rate-limit window of `forgot` and `resend` (the limits are per hour).
-const LIMIT_WINDOW: i64 = 3_600;
 
 /// Longest token accepted (real ones have 43 characters).
 const MAX_TOKEN_LEN: usize = 256;
@@ -32,16 +29,15 @@ pub(crate) fn enabled(app: &App) -> Result<(), AuthError> {
     }
 }
 
-/// Counts one hit on `key`; refused once `max` per hour is exceeded.
-async fn limit(app: &App, key: LimitKey<'_>, max: i64) -> Result<(), AuthError> {
-    let t = now();
-    let hits = limits::hit(&app.store, key, LIMIT_WINDOW, t).await?;
-    if hits > max {
-        return Err(AuthError::TooMany {
-            retry_after: limits::window_left(LIMIT_WINDOW, t),
-        });
-    }
-    Ok(())
+/// Refuses when the global mail budget (`limits.mail.global`) is spent, without counting:
+/// the mail itself counts, in [`deliver`], and endpoints that only send mail ask first so that
+/// their client gets a 429 rather than silence.
+async fn mail_room(app: &App) -> Result<(), AuthError> {
+    limits::check(
+        &app.store,
+        &[(LimitKey::MailGlobal, app.cfg.limits.mail.global)],
+    )
+    .await
 }
 
 /// Issues a `kind` link for `user_id` and mails it to `email`, in the background: a failure is
@@ -53,6 +49,22 @@ pub(crate) fn send(app: &Arc<App>, kind: MailKind, user_id: String, email: Strin
 
 async fn deliver(app: &App, kind: MailKind, user_id: &str, email: &str) {
     let cfg = &app.cfg.email;
+    // Every send path ends here: the one place the global mail budget is counted.
+    if let Some(budget) = app.cfg.limits.mail.global {
+        let refused = match limits::hit(&app.store, LimitKey::MailGlobal, budget, now()).await {
+            Ok(check) if check.admitted => None,
+            Ok(_) => Some(("limited", "limits.mail.global is spent".to_string())),
+            Err(e) => Some(("failed", format!("counting the mail: {e}"))),
+        };
+        if let Some((label, why)) = refused {
+            tracing::warn!(kind = kind.as_str(), user = user_id, "mail not sent: {why}");
+            app.metrics
+                .emails
+                .with_label_values(&[kind.as_str(), label])
+                .inc();
+            return;
+        }
+    }
     let ttl = match kind {
         MailKind::ResetPassword => cfg.reset_ttl,
         MailKind::ConfirmEmail | MailKind::ChangeEmail => cfg.confirm_ttl,
@@ -92,9 +104,12 @@ async fn deliver(app: &App, kind: MailKind, user_id: &str, email: &str) {
 
 /// Confirms an email address with the token of a confirmation link: a new account's address,
 /// or the new address of an email change, which then replaces the old one. Returns the
-/// address and when it was confirmed.
-pub(crate) async fn confirm(app: &App, token: &str) -> Result<(String, i64), AuthError> {
+/// address and when it was confirmed. Submissions from `ip` are limited
+/// (`limits.email_confirm`).
+pub(crate) async fn confirm(app: &App, token: &str, ip: &str) -> Result<(String, i64), AuthError> {
     enabled(app)?;
+    let per_ip = app.cfg.limits.email_confirm.per_ip;
+    limits::take(&app.store, &[(LimitKey::EmailConfirmIp(ip), per_ip)]).await?;
     if token.len() > MAX_TOKEN_LEN {
         return Err(AuthError::LinkRefused(LinkRefusal::Unknown));
     }
@@ -142,8 +157,13 @@ pub(crate) async fn confirm(app: &App, token: &str) -> Result<(String, i64), Aut
 }
 
 /// Mails a new confirmation link to the caller's unconfirmed address (older links stop
-/// working); the caller is named by a bearer access token.
-pub(crate) async fn resend(app: &Arc<App>, bearer: Option<&str>) -> Result<(), AuthError> {
+/// working); the caller is named by a bearer access token. Limited per account and per client
+/// address `ip` (`limits.confirm_resend`), and by the mail budget.
+pub(crate) async fn resend(
+    app: &Arc<App>,
+    bearer: Option<&str>,
+    ip: &str,
+) -> Result<(), AuthError> {
     enabled(app)?;
     let (user, _) = sessions::caller(app, bearer).await?;
     let Some(email) = user.email.clone() else {
@@ -154,10 +174,14 @@ pub(crate) async fn resend(app: &Arc<App>, bearer: Option<&str>) -> Result<(), A
             "the email address is already confirmed",
         ));
     }
-    limit(
-        app,
-        LimitKey::ConfirmResend(&user.id),
-        app.cfg.email.forgot_per_email,
+    mail_room(app).await?;
+    let rule = &app.cfg.limits.confirm_resend;
+    limits::take(
+        &app.store,
+        &[
+            (LimitKey::ConfirmResend(&user.id), rule.per_account),
+            (LimitKey::ConfirmResendIp(ip), rule.per_ip),
+        ],
     )
     .await?;
     send(app, MailKind::ConfirmEmail, user.id, email);
@@ -171,14 +195,23 @@ pub(crate) async fn resend(app: &Arc<App>, bearer: Option<&str>) -> Result<(), A
 pub(crate) async fn forgot(app: &Arc<App>, email: &str, ip: &str) -> Result<(), AuthError> {
     enabled(app)?;
     let email = accounts::normalize_email(email)?;
+    mail_room(app).await?;
     // Counted for unknown addresses too, so a 429 says nothing about existence either.
-    limit(
-        app,
-        LimitKey::ForgotEmail(&email),
-        app.cfg.email.forgot_per_email,
+    let cfg = &app.cfg.email;
+    limits::take(
+        &app.store,
+        &[
+            (
+                LimitKey::ForgotEmail(&email),
+                Some(Budget::per_hour(cfg.forgot_per_email)),
+            ),
+            (
+                LimitKey::ForgotIp(ip),
+                Some(Budget::per_hour(cfg.forgot_per_ip)),
+            ),
+        ],
     )
     .await?;
-    limit(app, LimitKey::ForgotIp(ip), app.cfg.email.forgot_per_ip).await?;
     let app2 = app.clone();
     tokio::spawn(async move {
         match app2.store.find_user_by_email(&email).await {
@@ -193,12 +226,17 @@ pub(crate) async fn forgot(app: &Arc<App>, email: &str, ip: &str) -> Result<(), 
 }
 
 /// Sets a new password with the token of a reset link, and signs the account out everywhere.
+/// Submissions from `ip` are limited (`limits.password_reset`): each costs lookups and, with a
+/// valid link, a password hash.
 pub(crate) async fn reset(
     app: &Arc<App>,
     token: &str,
     new_password: String,
+    ip: &str,
 ) -> Result<(), AuthError> {
     enabled(app)?;
+    let per_ip = app.cfg.limits.password_reset.per_ip;
+    limits::take(&app.store, &[(LimitKey::PasswordResetIp(ip), per_ip)]).await?;
     if token.len() > MAX_TOKEN_LEN {
         return Err(AuthError::LinkRefused(LinkRefusal::Unknown));
     }

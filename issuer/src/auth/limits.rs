@@ -1,9 +1,14 @@
 //! Failure budgets and rate limits: the keys are a typed enum, so every counter is named in
-//! one place; the stored form of each key is unchanged (counters survive an upgrade).
+//! one place; the stored form of each older key is unchanged (counters survive an upgrade).
+//! The counting itself (sliding windows shared through the database) is in `store/limits.rs`;
+//! the budgets come from the configuration ([`Budget`], [`Rule`]).
 
 use std::fmt;
 
-use crate::store::{Store, StoreError};
+use super::AuthError;
+use crate::app::{now, App};
+pub use crate::config::limits::{Budget, Rule};
+use crate::store::{LimitCheck, Store, StoreError};
 
 /// One counter of the `limits` table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +19,8 @@ pub(crate) enum LimitKey<'a> {
     PasswordFailIp(&'a str),
     /// Confirmation-link resends for one account id.
     ConfirmResend(&'a str),
+    /// Confirmation-link resends from one client address.
+    ConfirmResendIp(&'a str),
     /// Password-reset requests for one (normalised) address.
     ForgotEmail(&'a str),
     /// Password-reset requests from one client address.
@@ -28,6 +35,30 @@ pub(crate) enum LimitKey<'a> {
     SmsVerifyIp(&'a str),
     /// Attempts on one reviewers' test number (fixed code).
     SmsTestNumber(&'a str),
+    /// Anonymous accounts created from one client address.
+    AnonymousIp(&'a str),
+    /// Anonymous accounts created in total.
+    AnonymousGlobal,
+    /// Sign-ups from one client address.
+    SignupIp(&'a str),
+    /// Sign-ups in total.
+    SignupGlobal,
+    /// Mails sent in total (every kind).
+    MailGlobal,
+    /// Confirmation-link tokens submitted from one client address.
+    EmailConfirmIp(&'a str),
+    /// Password-reset-link tokens submitted from one client address.
+    PasswordResetIp(&'a str),
+    /// Failed refreshes from one client address.
+    RefreshFailIp(&'a str),
+    /// Grants at the OAuth token endpoint from one client address.
+    TokenIp(&'a str),
+    /// Introspections by one client (API key id, or `admin`).
+    IntrospectClient(&'a str),
+    /// Revocations by one client (API key id, or `admin`).
+    RevokeClient(&'a str),
+    /// Failed API-key authentications from one client address.
+    ApiKeyFailIp(&'a str),
 }
 
 impl fmt::Display for LimitKey<'_> {
@@ -36,6 +67,7 @@ impl fmt::Display for LimitKey<'_> {
             LimitKey::PasswordFailAccount(login) => write!(f, "pwfail:acct:{login}"),
             LimitKey::PasswordFailIp(ip) => write!(f, "pwfail:ip:{ip}"),
             LimitKey::ConfirmResend(user_id) => write!(f, "confirm-resend:{user_id}"),
+            LimitKey::ConfirmResendIp(ip) => write!(f, "confirm-resend-ip:{ip}"),
             LimitKey::ForgotEmail(email) => write!(f, "forgot:email:{email}"),
             LimitKey::ForgotIp(ip) => write!(f, "forgot:ip:{ip}"),
             LimitKey::SmsSendIp(ip) => write!(f, "sms:send:ip:{ip}"),
@@ -43,29 +75,44 @@ impl fmt::Display for LimitKey<'_> {
             LimitKey::SmsSendGlobal => f.write_str("sms:send:global"),
             LimitKey::SmsVerifyIp(ip) => write!(f, "sms:verify:ip:{ip}"),
             LimitKey::SmsTestNumber(e164) => write!(f, "sms:test:{e164}"),
+            LimitKey::AnonymousIp(ip) => write!(f, "anon:ip:{ip}"),
+            LimitKey::AnonymousGlobal => f.write_str("anon:global"),
+            LimitKey::SignupIp(ip) => write!(f, "signup:ip:{ip}"),
+            LimitKey::SignupGlobal => f.write_str("signup:global"),
+            LimitKey::MailGlobal => f.write_str("mail:global"),
+            LimitKey::EmailConfirmIp(ip) => write!(f, "confirm:ip:{ip}"),
+            LimitKey::PasswordResetIp(ip) => write!(f, "reset:ip:{ip}"),
+            LimitKey::RefreshFailIp(ip) => write!(f, "refreshfail:ip:{ip}"),
+            LimitKey::TokenIp(ip) => write!(f, "token:ip:{ip}"),
+            LimitKey::IntrospectClient(id) => write!(f, "introspect:client:{id}"),
+            LimitKey::RevokeClient(id) => write!(f, "revoke:client:{id}"),
+            LimitKey::ApiKeyFailIp(ip) => write!(f, "apikeyfail:ip:{ip}"),
         }
     }
 }
 
-/// Counts one hit on `key` in the fixed window of `window` seconds holding `now`; returns the
-/// window's count so far.
+/// Counts one hit on `key` if `budget` has room at `now`; the answer says whether it did.
 pub(crate) async fn hit(
     store: &Store,
     key: LimitKey<'_>,
-    window: i64,
+    budget: Budget,
     now: i64,
-) -> Result<i64, StoreError> {
-    store.hit_limit(&key.to_string(), window, now).await
+) -> Result<LimitCheck, StoreError> {
+    store
+        .hit_limit(&key.to_string(), budget.window, budget.max, now)
+        .await
 }
 
-/// The count of `key` in the window holding `now`, without counting.
+/// Whether a hit on `key` would fit in `budget` at `now`, without counting one.
 pub(crate) async fn peek(
     store: &Store,
     key: LimitKey<'_>,
-    window: i64,
+    budget: Budget,
     now: i64,
-) -> Result<i64, StoreError> {
-    store.peek_limit(&key.to_string(), window, now).await
+) -> Result<LimitCheck, StoreError> {
+    store
+        .peek_limit(&key.to_string(), budget.window, budget.max, now)
+        .await
 }
 
 /// Clears `key` (a success resets a failure budget).
@@ -73,9 +120,68 @@ pub(crate) async fn reset(store: &Store, key: LimitKey<'_>) -> Result<(), StoreE
     store.reset_limit(&key.to_string()).await
 }
 
-/// Seconds until the fixed window of `len` seconds containing `now` ends.
-pub(crate) fn window_left(len: i64, now: i64) -> i64 {
-    len - now.rem_euclid(len)
+/// Counts one hit on each key in order (a `None` budget is off) and refuses with the first
+/// budget that has no room: the request is refused, with `Retry-After`.
+///
+/// Order matters: put per-client budgets first, so one abusive client exhausts its own
+/// budget before it can eat into a shared one.
+pub(crate) async fn take(
+    store: &Store,
+    budgets: &[(LimitKey<'_>, Option<Budget>)],
+) -> Result<(), AuthError> {
+    let t = now();
+    for (key, budget) in budgets {
+        let Some(budget) = budget else { continue };
+        let check = hit(store, *key, *budget, t).await?;
+        if !check.admitted {
+            tracing::info!(limit = %key, "refused: rate limit exhausted");
+            return Err(AuthError::TooMany {
+                retry_after: check.retry_after,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses when any of the budgets has no room left, without counting (a failure budget
+/// before an attempt, or a budget counted later elsewhere); the `Retry-After` is the longest
+/// wait among them.
+pub(crate) async fn check(
+    store: &Store,
+    budgets: &[(LimitKey<'_>, Option<Budget>)],
+) -> Result<(), AuthError> {
+    let t = now();
+    let mut retry_after = 0;
+    for (key, budget) in budgets {
+        let Some(budget) = budget else { continue };
+        retry_after = retry_after.max(peek(store, *key, *budget, t).await?.retry_after);
+    }
+    if retry_after > 0 {
+        return Err(AuthError::TooMany { retry_after });
+    }
+    Ok(())
+}
+
+/// Counts one hit on each budget whatever the verdict (a failure after a failed attempt; a
+/// full budget stays full).
+pub(crate) async fn count(
+    store: &Store,
+    budgets: &[(LimitKey<'_>, Option<Budget>)],
+) -> Result<(), StoreError> {
+    let t = now();
+    for (key, budget) in budgets {
+        if let Some(budget) = budget {
+            hit(store, *key, *budget, t).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Counts one request from `ip` at the OAuth token endpoint (`limits.token`: every grant,
+/// before the grant's own budgets).
+pub(crate) async fn token_endpoint(app: &App, ip: &str) -> Result<(), AuthError> {
+    let per_ip = app.cfg.limits.token.per_ip;
+    take(&app.store, &[(LimitKey::TokenIp(ip), per_ip)]).await
 }
 
 #[cfg(test)]
@@ -112,5 +218,30 @@ mod tests {
             "sms:verify:ip:::1"
         );
         assert_eq!(LimitKey::SmsTestNumber("+1").to_string(), "sms:test:+1");
+    }
+
+    #[test]
+    fn new_keys_are_distinct() {
+        let keys = [
+            LimitKey::ConfirmResendIp("x"),
+            LimitKey::AnonymousIp("x"),
+            LimitKey::AnonymousGlobal,
+            LimitKey::SignupIp("x"),
+            LimitKey::SignupGlobal,
+            LimitKey::MailGlobal,
+            LimitKey::EmailConfirmIp("x"),
+            LimitKey::PasswordResetIp("x"),
+            LimitKey::RefreshFailIp("x"),
+            LimitKey::TokenIp("x"),
+            LimitKey::IntrospectClient("x"),
+            LimitKey::RevokeClient("x"),
+            LimitKey::ApiKeyFailIp("x"),
+            LimitKey::ConfirmResend("x"),
+            LimitKey::ForgotIp("x"),
+            LimitKey::PasswordFailIp("x"),
+        ];
+        let spelled: std::collections::HashSet<String> =
+            keys.iter().map(ToString::to_string).collect();
+        assert_eq!(spelled.len(), keys.len());
     }
 }

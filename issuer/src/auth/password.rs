@@ -3,29 +3,32 @@
 
 use serde_json::{json, Value};
 
-use super::limits::{self, LimitKey};
+use super::limits::{self, Budget, LimitKey};
 use super::sessions::{self, TokenPair};
 use super::{email_links, AuthError};
 use crate::accounts;
-use crate::app::{now, App};
+use crate::app::App;
 use crate::crypto::password;
 use crate::mail::MailKind;
 use crate::store::NewUser;
 
-/// Checks both failure budgets; returns `Retry-After` seconds when one is exhausted.
-async fn locked_out(
+/// The two failure budgets of a login: per account and per client address.
+fn failure_budgets<'a>(
     app: &App,
-    account: LimitKey<'_>,
-    ip: LimitKey<'_>,
-) -> Result<Option<i64>, AuthError> {
-    let window = app.cfg.failure_window.as_secs() as i64;
-    let t = now();
-    let acct = limits::peek(&app.store, account, window, t).await?;
-    let ip = limits::peek(&app.store, ip, window, t).await?;
-    if acct >= app.cfg.max_failures_per_account || ip >= app.cfg.max_failures_per_ip {
-        return Ok(Some(limits::window_left(window, t)));
-    }
-    Ok(None)
+    login: &'a str,
+    ip: &'a str,
+) -> [(LimitKey<'a>, Option<Budget>); 2] {
+    let window = app.cfg.failure_window;
+    [
+        (
+            LimitKey::PasswordFailAccount(login),
+            Some(Budget::new(app.cfg.max_failures_per_account, window)),
+        ),
+        (
+            LimitKey::PasswordFailIp(ip),
+            Some(Budget::new(app.cfg.max_failures_per_ip, window)),
+        ),
+    ]
 }
 
 /// Checks a login (email or username) and a password, with lock-out and constant-time
@@ -40,11 +43,8 @@ pub(crate) async fn grant(
     if login.is_empty() || pw.is_empty() || pw.chars().count() > app.cfg.password_max {
         return Err(AuthError::BadRequest("missing or oversized credentials"));
     }
-    let account_key = LimitKey::PasswordFailAccount(&login);
-    let ip_key = LimitKey::PasswordFailIp(ip);
-    if let Some(retry_after) = locked_out(app, account_key, ip_key).await? {
-        return Err(AuthError::TooMany { retry_after });
-    }
+    let budgets = failure_budgets(app, &login, ip);
+    limits::check(&app.store, &budgets).await?;
     let user = match app.store.find_user_by_email(&login).await? {
         Some(u) => Some(u),
         None => app.store.find_user_by_username(&login).await?,
@@ -69,12 +69,10 @@ pub(crate) async fn grant(
         .with_label_values(&["pwd", if ok { "ok" } else { "denied" }])
         .inc();
     let Some(mut user) = user.filter(|_| ok) else {
-        let window = app.cfg.failure_window.as_secs() as i64;
-        limits::hit(&app.store, account_key, window, now()).await?;
-        limits::hit(&app.store, ip_key, window, now()).await?;
+        limits::count(&app.store, &budgets).await?;
         return Err(AuthError::InvalidGrant("wrong email, username or password"));
     };
-    limits::reset(&app.store, account_key).await?;
+    limits::reset(&app.store, LimitKey::PasswordFailAccount(&login)).await?;
     let email_cfg = &app.cfg.email;
     if email_cfg.enabled
         && email_cfg.require_confirmed
@@ -122,13 +120,26 @@ pub(crate) struct SignUp {
 
 /// Creates an account (when sign-up is enabled) and logs it in; with the email flows on, a
 /// confirmation link is mailed in the background (a delivery failure changes nothing).
+///
+/// Sign-ups from `ip` and in total are limited (`limits.signup`): counted once the request
+/// is well-formed (a typo in the password does not spend the budget) and before the hashing.
 pub(crate) async fn sign_up(
     app: &std::sync::Arc<App>,
     req: SignUp,
+    ip: &str,
 ) -> Result<TokenPair, AuthError> {
     signup_enabled(app)?;
     let email = accounts::normalize_email(&req.email)?;
     accounts::check_password(app, &req.password)?;
+    let rule = &app.cfg.limits.signup;
+    limits::take(
+        &app.store,
+        &[
+            (LimitKey::SignupIp(ip), rule.per_ip),
+            (LimitKey::SignupGlobal, rule.global),
+        ],
+    )
+    .await?;
     let hash = accounts::hash_password(app, req.password).await?;
     let user = app
         .store

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::limits::{self, LimitKey};
 use super::AuthError;
 use crate::app::{now, App};
 use crate::crypto::secrets;
@@ -82,7 +83,21 @@ pub(crate) fn service_user(subject: &str) -> User {
 }
 
 /// Rotates a refresh token: the answer carries a new pair; the old refresh token is spent.
-pub(crate) async fn refresh(app: &App, presented: &str) -> Result<TokenPair, AuthError> {
+///
+/// Failures from the client address `ip` are budgeted (`limits.refresh`): once spent, even a
+/// valid token waits, so refresh tokens cannot be guessed at volume.
+pub(crate) async fn refresh(app: &App, presented: &str, ip: &str) -> Result<TokenPair, AuthError> {
+    let budgets = [(LimitKey::RefreshFailIp(ip), app.cfg.limits.refresh.per_ip)];
+    limits::check(&app.store, &budgets).await?;
+    let outcome = rotate(app, presented).await;
+    if let Err(AuthError::InvalidGrant(_)) = outcome {
+        limits::count(&app.store, &budgets).await?;
+    }
+    outcome
+}
+
+/// The rotation of [`refresh`], once its failure budget allows it.
+async fn rotate(app: &App, presented: &str) -> Result<TokenPair, AuthError> {
     if presented.len() > MAX_REFRESH_LEN {
         return Err(AuthError::InvalidGrant("unknown refresh token"));
     }
@@ -223,8 +238,19 @@ pub(crate) enum Introspection {
     },
 }
 
-/// Introspects an access token or a refresh token.
-pub(crate) async fn introspect(app: &App, token: &str) -> Result<Introspection, AuthError> {
+/// Introspects an access token or a refresh token for `client` (an API key id, or `admin`),
+/// within its budget (`limits.introspect`).
+pub(crate) async fn introspect(
+    app: &App,
+    token: &str,
+    client: &str,
+) -> Result<Introspection, AuthError> {
+    let per_client = app.cfg.limits.introspect.per_client;
+    limits::take(
+        &app.store,
+        &[(LimitKey::IntrospectClient(client), per_client)],
+    )
+    .await?;
     // An access token: signature, expiry, and its session still alive.
     if let Ok(claims) = tokens::verify(app, token) {
         if !is_alive(app, tokens::session_id(&claims)).await {
@@ -253,8 +279,11 @@ pub(crate) async fn introspect(app: &App, token: &str) -> Result<Introspection, 
 }
 
 /// Revokes the whole session of an access token or a refresh token (RFC 7009, reason
-/// `revoked`); unknown tokens are not an error.
-pub(crate) async fn revoke_token(app: &App, token: &str) -> Result<(), AuthError> {
+/// `revoked`) for `client` (an API key id, or `admin`), within its budget
+/// (`limits.revoke`); unknown tokens are not an error.
+pub(crate) async fn revoke_token(app: &App, token: &str, client: &str) -> Result<(), AuthError> {
+    let per_client = app.cfg.limits.revoke.per_client;
+    limits::take(&app.store, &[(LimitKey::RevokeClient(client), per_client)]).await?;
     let session = match tokens::verify(app, token) {
         Ok(claims) => claims
             .get("sid")

@@ -1,6 +1,7 @@
 //! `config/issuer.yaml`: the file format and its validated, compiled form.
 
 pub mod email;
+pub mod limits;
 pub mod sms;
 pub(crate) mod units;
 
@@ -44,6 +45,8 @@ struct FileFormat {
     #[serde(default)]
     email: crate::config::email::EmailFile,
     sms: Option<crate::config::sms::SmsFile>,
+    #[serde(default)]
+    limits: limits::LimitsFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +149,8 @@ pub struct IssuerConfig {
     pub email: crate::config::email::EmailConfig,
     /// SMS one-time-code login (`sms:`; absent: off).
     pub sms: Option<crate::config::sms::SmsConfig>,
+    /// Budgets of the `limits:` section.
+    pub limits: limits::LimitsConfig,
 }
 
 impl IssuerConfig {
@@ -248,6 +253,8 @@ impl IssuerConfig {
                 parse_duration(&s.value).map_err(|e| at(s, format!("keys.rotate_every: {e}")))?,
             ),
         };
+        let email = crate::config::email::EmailConfig::compile(f.email, &file, &dir)?;
+        let limits = limits::LimitsConfig::compile(f.limits, &file, email.forgot_per_email)?;
         Ok(IssuerConfig {
             listen: addr(&f.listen, "listen", "127.0.0.1:8081")?,
             admin_listen: addr(&f.admin_listen, "admin_listen", "127.0.0.1:8082")?,
@@ -306,11 +313,12 @@ impl IssuerConfig {
                 .dir
                 .map(|d| dir.join(d))
                 .unwrap_or_else(|| dir.join("../data/secrets")),
-            email: crate::config::email::EmailConfig::compile(f.email, &file, &dir)?,
+            email,
             sms: match f.sms {
                 None => None,
                 Some(s) => Some(s.compile(&file, &dir)?),
             },
+            limits,
         })
     }
 }

@@ -103,17 +103,20 @@ fn accepted() -> (StatusCode, Json<AcceptedBody>) {
         (status = 409, description = "The new address was taken by another account meanwhile (`conflict`)", body = ErrorBody),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
+        (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
 )]
 async fn confirm(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<ConfirmedBody>, ApiError> {
     email_links::enabled(&app)?;
     let b: ConfirmBody = json_body(&headers, &body)?;
-    let (email, email_confirmed_at) = email_links::confirm(&app, &b.token).await?;
+    let ip = client_ip(peer, &headers);
+    let (email, email_confirmed_at) = email_links::confirm(&app, &b.token, &ip).await?;
     Ok(Json(ConfirmedBody {
         email,
         email_confirmed_at,
@@ -138,9 +141,10 @@ async fn confirm(
 )]
 async fn resend(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
-    email_links::resend(&app, bearer(&headers)).await?;
+    email_links::resend(&app, bearer(&headers), &client_ip(peer, &headers)).await?;
     Ok(accepted())
 }
 
@@ -188,16 +192,19 @@ async fn forgot(
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
         (status = 422, description = "The new password does not meet the policy (`weak_password`); the link stays usable", body = ErrorBody),
+        (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
 )]
 async fn reset(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     email_links::enabled(&app)?;
     let b: ResetBody = json_body(&headers, &body)?;
-    email_links::reset(&app, &b.token, b.new_password).await?;
+    let ip = client_ip(peer, &headers);
+    email_links::reset(&app, &b.token, b.new_password, &ip).await?;
     Ok(StatusCode::NO_CONTENT)
 }

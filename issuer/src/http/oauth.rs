@@ -292,6 +292,8 @@ async fn token_grant(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     let (app, headers, body) = (app.clone(), headers.clone(), body.clone());
+    let ip = client_ip(peer, &headers);
+    auth::limits::token_endpoint(&app, &ip).await?;
     let f: TokenForm = form(&headers, &body)?;
     let pair = match f.grant_type.as_deref() {
         Some("password") => {
@@ -300,13 +302,13 @@ async fn token_grant(
                     "grant_type=password needs username and password",
                 ));
             };
-            auth::password::grant(&app, &user, pw, &client_ip(peer, &headers)).await?
+            auth::password::grant(&app, &user, pw, &ip).await?
         }
         Some("refresh_token") => {
             let rt = f
                 .refresh_token
                 .ok_or_else(|| ApiError::bad_request("refresh_token is required"))?;
-            auth::sessions::refresh(&app, &rt).await?
+            auth::sessions::refresh(&app, &rt, &ip).await?
         }
         Some("client_credentials") => {
             let secret = client_secret(&headers, f.client_secret.as_deref()).ok_or_else(|| {
@@ -315,7 +317,7 @@ async fn token_grant(
                     "client_credentials needs the API key as client_secret",
                 )
             })?;
-            auth::api_key::grant(&app, &secret).await?
+            auth::api_key::grant(&app, &secret, &ip).await?
         }
         Some(_) => {
             return Err(ApiError::new(
@@ -337,15 +339,17 @@ async fn token_grant(
         .into_response())
 }
 
-/// Introspection and revocation callers: the admin token, or a valid API key.
+/// Introspection and revocation callers: the admin token, or a valid API key presented from
+/// `ip`. Returns the client's name for its budgets: `admin`, or the key's id.
 async fn require_client(
     app: &App,
     headers: &HeaderMap,
     form_secret: Option<&str>,
-) -> Result<(), ApiError> {
+    ip: &str,
+) -> Result<String, ApiError> {
     if let Some(t) = super::bearer(headers) {
         if secrets::constant_time_eq(&secrets::hash_token(t), &app.admin_token_hash) {
-            return Ok(());
+            return Ok("admin".into());
         }
     }
     let key = client_secret(headers, form_secret).or_else(|| {
@@ -363,10 +367,10 @@ async fn require_client(
         )
     };
     let key = key.ok_or_else(unauthorized)?;
-    auth::api_key::find_valid(app, &key)
+    let record = auth::api_key::authenticate(app, &key, ip)
         .await?
         .ok_or_else(unauthorized)?;
-    Ok(())
+    Ok(record.id)
 }
 
 /// Token introspection (RFC 7662) for authenticated clients: an API key or the admin token.
@@ -382,20 +386,23 @@ async fn require_client(
         (status = 401, response = InvalidClient),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotForm),
+        (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
 )]
 async fn introspect(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Introspection>, ApiError> {
     let f: IntrospectForm = form(&headers, &body)?;
-    require_client(&app, &headers, f.client_secret.as_deref()).await?;
+    let ip = client_ip(peer, &headers);
+    let client = require_client(&app, &headers, f.client_secret.as_deref(), &ip).await?;
     let token = f
         .token
         .ok_or_else(|| ApiError::bad_request("token is required"))?;
-    let answer = match auth::sessions::introspect(&app, &token).await? {
+    let answer = match auth::sessions::introspect(&app, &token, &client).await? {
         Found::Inactive => Introspection::inactive(),
         Found::Access(claims) => {
             let mut claims = match claims {
@@ -446,20 +453,23 @@ async fn introspect(
         (status = 401, response = InvalidClient),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotForm),
+        (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
 )]
 async fn revoke(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let f: RevokeForm = form(&headers, &body)?;
-    require_client(&app, &headers, f.client_secret.as_deref()).await?;
+    let ip = client_ip(peer, &headers);
+    let client = require_client(&app, &headers, f.client_secret.as_deref(), &ip).await?;
     let token = f
         .token
         .ok_or_else(|| ApiError::bad_request("token is required"))?;
-    auth::sessions::revoke_token(&app, &token).await?;
+    auth::sessions::revoke_token(&app, &token, &client).await?;
     // RFC 7009 §2.2: unknown tokens are answered with 200 as well.
     Ok(StatusCode::OK)
 }

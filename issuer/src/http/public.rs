@@ -308,11 +308,13 @@ pub(super) struct ApiKeyLogin {
         (status = 401, description = "Unknown, revoked or expired API key (`invalid_client`)", body = ErrorBody),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
+        (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
 )]
 async fn api_key_login(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenPair>, ApiError> {
@@ -326,10 +328,13 @@ async fn api_key_login(
         Some(k) => k,
         None => json_body::<ApiKeyLogin>(&headers, &body)?.api_key,
     };
-    Ok(Json(auth::api_key::grant(&app, &key).await?))
+    let ip = client_ip(peer, &headers);
+    Ok(Json(auth::api_key::grant(&app, &key, &ip).await?))
 }
 
 /// Creates an anonymous user and logs it in (`amr: ["anon"]`).
+///
+/// Limited per client address and in total (`limits.anonymous`).
 #[utoipa::path(
     post,
     path = "/v1/auth/anonymous",
@@ -337,15 +342,19 @@ async fn api_key_login(
     responses(
         (status = 201, description = "A new anonymous user, logged in", body = TokenPair),
         (status = 403, description = "Anonymous sign-in is disabled (`disabled`)", body = ErrorBody),
+        (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
 )]
 async fn anonymous_login(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Result<(StatusCode, Json<TokenPair>), ApiError> {
+    let ip = client_ip(peer, &headers);
     Ok((
         StatusCode::CREATED,
-        Json(auth::anonymous::sign_in(&app).await?),
+        Json(auth::anonymous::sign_in(&app, &ip).await?),
     ))
 }
 
@@ -360,6 +369,7 @@ pub(super) struct RefreshBody {
 /// Rotates a refresh token: the answer carries a new pair; the old refresh token is spent.
 ///
 /// Presenting a spent refresh token again (after a short grace period) revokes the session.
+/// Failed refreshes count against a budget per client address (`limits.refresh`).
 #[utoipa::path(
     post,
     path = "/v1/auth/refresh",
@@ -371,16 +381,21 @@ pub(super) struct RefreshBody {
         (status = 401, description = "Unknown, reused or expired refresh token, or disabled account (`invalid_grant`)", body = ErrorBody),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
+        (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
 )]
 async fn refresh(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenPair>, ApiError> {
     let b: RefreshBody = json_body(&headers, &body)?;
-    Ok(Json(auth::sessions::refresh(&app, &b.refresh_token).await?))
+    let ip = client_ip(peer, &headers);
+    Ok(Json(
+        auth::sessions::refresh(&app, &b.refresh_token, &ip).await?,
+    ))
 }
 
 /// Logout by refresh token (when no access token is sent).
@@ -450,7 +465,8 @@ pub(super) struct SignupBody {
 /// Creates an account (when sign-up is enabled) and logs it in.
 ///
 /// With the email flows enabled, a confirmation link is mailed to the address (in the
-/// background: a delivery failure does not change the answer).
+/// background: a delivery failure does not change the answer). Limited per client address
+/// and in total (`limits.signup`).
 #[utoipa::path(
     post,
     path = "/v1/users",
@@ -464,11 +480,13 @@ pub(super) struct SignupBody {
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
         (status = 422, description = "The password does not meet the policy (`weak_password`)", body = ErrorBody),
+        (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
 )]
 async fn signup(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<TokenPair>), ApiError> {
@@ -482,6 +500,7 @@ async fn signup(
             username: b.username,
             user_metadata: b.user_metadata,
         },
+        &client_ip(peer, &headers),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(pair)))

@@ -20,13 +20,10 @@ use std::sync::Arc;
 use crate::config::sms::{ProviderConfig, SmsConfig};
 use provider::{OutgoingSms, SmsProvider};
 
-use crate::auth::limits::{self, window_left, LimitKey};
+use crate::auth::limits::{self, Budget, LimitKey};
 use crate::metrics::Metrics;
 use crate::store::{SmsMessage, Store, StoreError, User};
 use portcullis_common::time::unix_now as now;
-
-/// Hourly budgets are fixed one-hour windows.
-const HOUR: i64 = 3600;
 
 /// The SMS login service: configuration, code hasher and provider.
 pub struct SmsLogin {
@@ -241,11 +238,12 @@ impl SmsLogin {
             ),
         ];
         for (key, max, which) in budgets {
-            if limits::hit(store, key, HOUR, t).await? > max {
+            let check = limits::hit(store, key, Budget::per_hour(max), t).await?;
+            if !check.admitted {
                 self.count_send(metrics, "limited");
                 tracing::info!(phone = %phone.e164, ip, limit = which, "SMS send refused: budget exhausted");
                 return Err(StartError::Limited {
-                    retry_after: window_left(HOUR, t),
+                    retry_after: check.retry_after,
                     which,
                 });
             }
@@ -322,16 +320,17 @@ impl SmsLogin {
             .parse_phone(input, region)
             .map_err(VerifyError::Phone)?;
         let t = now();
-        if limits::hit(store, LimitKey::SmsVerifyIp(ip), HOUR, t).await?
-            > self.cfg.max_verifications_per_ip_per_hour
-        {
-            return Err(VerifyError::Limited(window_left(HOUR, t)));
+        let per_ip = Budget::per_hour(self.cfg.max_verifications_per_ip_per_hour);
+        let check = limits::hit(store, LimitKey::SmsVerifyIp(ip), per_ip, t).await?;
+        if !check.admitted {
+            return Err(VerifyError::Limited(check.retry_after));
         }
         let code = code.trim();
         if let Some(fixed) = self.cfg.test_numbers.get(&phone.e164) {
             // Fixed codes are guessable in principle: the same attempt limit, per hour.
             let key = LimitKey::SmsTestNumber(&phone.e164);
-            if limits::hit(store, key, HOUR, t).await? > self.cfg.max_attempts
+            let attempts = Budget::per_hour(self.cfg.max_attempts);
+            if !limits::hit(store, key, attempts, t).await?.admitted
                 || !crate::crypto::secrets::constant_time_eq(code, fixed)
             {
                 return Err(VerifyError::BadCode);

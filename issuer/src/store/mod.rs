@@ -57,6 +57,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Executor, Transaction};
 
 pub use api_keys::ApiKey;
 pub use error::StoreError;
+pub use limits::LimitCheck;
 pub use links::{EmailLink, LinkRefusal};
 pub use session_rows::{RefreshToken, RotateOutcome, Session, REASON_REFRESH_REUSE};
 pub use signing_keys::{KeyFuture, KeyTx, SigningKey, KEY_STATES};
