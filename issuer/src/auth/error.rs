@@ -14,7 +14,7 @@ pub enum AuthError {
     /// A failure budget or rate limit is exhausted; retry after this many seconds.
     #[error("too many attempts; try again later")]
     TooMany {
-        /// Seconds until the budget resets.
+        /// Seconds until a request would be admitted again.
         retry_after: i64,
     },
     /// Wrong credentials or refresh token.

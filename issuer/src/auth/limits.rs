@@ -1,13 +1,13 @@
 //! Failure budgets and rate limits: the keys are a typed enum, so every counter is named in
 //! one place; the stored form of each older key is unchanged (counters survive an upgrade).
 //! The counting itself (sliding windows shared through the database) is in `store/limits.rs`;
-//! the budgets come from the configuration ([`Budget`], [`Rule`]).
+//! the budgets come from the configuration ([`Budget`], `config/limits.rs`).
 
 use std::fmt;
 
 use super::AuthError;
 use crate::app::{now, App};
-pub use crate::config::limits::{Budget, Rule};
+pub use crate::config::limits::Budget;
 use crate::store::{LimitCheck, Store, StoreError};
 
 /// One counter of the `limits` table.
@@ -134,7 +134,8 @@ pub(crate) async fn take(
         let Some(budget) = budget else { continue };
         let check = hit(store, *key, *budget, t).await?;
         if !check.admitted {
-            tracing::info!(limit = %key, "refused: rate limit exhausted");
+            // Debug only: keys hold addresses and accounts; the 429 itself is in the request log.
+            tracing::debug!(limit = %key, "refused: rate limit exhausted");
             return Err(AuthError::TooMany {
                 retry_after: check.retry_after,
             });

@@ -483,6 +483,40 @@ mod tests {
         assert_eq!(c.confirm_resend.per_account.map(|b| b.max), Some(7));
     }
 
+    /// The shipped config states every default, and the README's table names every limit.
+    #[test]
+    fn shipped_config_and_readme_list_every_limit() {
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/issuer.yaml");
+        #[derive(Deserialize, Default)]
+        struct Shipped {
+            limits: LimitsFile,
+        }
+        let f: Shipped =
+            portcullis_common::config::read_yaml(std::path::Path::new(shipped)).unwrap();
+        let shipped = LimitsConfig::compile(f.limits, "issuer.yaml", 5).unwrap();
+        assert_eq!(shipped, load("").unwrap());
+        let readme = include_str!("../../../README.md");
+        for spec in SPECS {
+            let scopes = [
+                ("per_ip", spec.per_ip),
+                ("per_account", spec.per_account),
+                ("per_client", spec.per_client),
+                ("global", spec.global),
+            ];
+            let key = format!("`limits.{}.", spec.name);
+            let row = readme
+                .lines()
+                .find(|l| l.split('|').nth(2).is_some_and(|k| k.contains(&key)))
+                .unwrap_or_else(|| panic!("no README row for limits.{}", spec.name));
+            for (scope, default) in scopes {
+                if let Some(d) = default {
+                    assert!(row.contains(scope), "{row}: {scope}");
+                    assert!(row.contains(&d.to_string()), "{row}: default {d}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn errors_name_line_and_key() {
         for (yaml, line, needle) in [

@@ -35,7 +35,7 @@ pub(crate) struct NotForm(ErrorBody);
 
 /// Too many requests or failed attempts (`too_many_requests`)
 #[derive(ToResponse)]
-#[response(headers(("Retry-After" = i64, description = "Seconds until the budget resets")))]
+#[response(headers(("Retry-After" = i64, description = "Seconds until a request would be admitted again")))]
 pub(crate) struct TooManyRequests(ErrorBody);
 
 /// The database is unavailable (`unavailable`)

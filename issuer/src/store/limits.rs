@@ -148,7 +148,7 @@ impl Store {
     /// Counts one hit on `key` if it fits in `max` hits per sliding `window_secs`, and says
     /// whether it did (and if not, when one would).
     ///
-    /// One upsert statement (see [`HIT_SQL`]), so replicas sharing the database never lose a
+    /// One upsert statement (`HIT_SQL`), so replicas sharing the database never lose a
     /// hit or admit one too many.
     pub async fn hit_limit(
         &self,
@@ -162,7 +162,7 @@ impl Store {
             .bind(key)
             .bind(frame.start)
             // The row matters while its current window is this one or the previous one.
-            .bind(frame.start.saturating_add(2 * frame.window))
+            .bind(frame.start.saturating_add(frame.window.saturating_mul(2)))
             .bind(max)
             .bind(frame.window)
             .bind(frame.left)
