@@ -382,7 +382,8 @@ fn forgot_rate_limits(b: Backend) {
             .header("retry-after")
             .and_then(|v| v.parse().ok())
             .expect("Retry-After");
-        assert!((1..=3600).contains(&retry), "{retry}");
+        // Sliding one-hour windows: up to two hours when the budget went early in a window.
+        assert!((1..=7200).contains(&retry), "{retry}");
     }
     // Per client IP.
     for i in 0..3 {

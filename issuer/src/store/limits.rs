@@ -12,7 +12,9 @@
 //! ```
 //!
 //! i.e. the previous window's hits are assumed spread evenly over it. A hit is admitted when
-//! that estimate, this hit included, stays within the budget. Unlike fixed windows, a burst
+//! that estimate, this hit included, stays within the budget. The price of that assumption: a
+//! budget spent all at once early in a window keeps counting, fading, through the next one,
+//! so a wait can exceed one window (at most two, for a budget of one). Unlike fixed windows, a burst
 //! just before a boundary still counts just after it (fixed windows let 2 × the budget through
 //! in a moment straddling the boundary); unlike a log of every hit, it costs one row per key.
 //!
