@@ -1,4 +1,4 @@
-//! Prometheus metrics and the request log.
+//! Prometheus metrics (`/metrics` on the admin listener) and the request log.
 
 use std::time::Instant;
 

@@ -4,7 +4,7 @@
 //!
 //! Every handler carries a `#[utoipa::path]` annotation (tag `admin`, security scheme
 //! `adminToken`) and is registered with `routes!` in [`routes`]; [`super::openapi`] merges
-//! the documented routes into the one document `/openapi.json`.
+//! the documented routes into the admin listener's document (its `/openapi.json`).
 
 use std::sync::Arc;
 

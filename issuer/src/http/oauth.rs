@@ -5,10 +5,10 @@
 //! Each form body is read into its `*Form` type, the same type the OpenAPI document
 //! ([`super::openapi`]) describes.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,7 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::responses::{InvalidClient, NotForm, PayloadTooLarge, TooManyRequests, Unavailable};
-use super::{client_ip, ApiError, ErrorBody};
+use super::{ApiError, ClientIp, ErrorBody};
 use crate::app::App;
 use crate::auth::sessions::Introspection as Found;
 use crate::auth::{self, TokenPair};
@@ -269,11 +269,11 @@ impl Introspection {
 )]
 async fn token(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    token_grant(&app, peer, &headers, &body)
+    token_grant(&app, ip, &headers, &body)
         .await
         .map_err(|mut e| {
             // RFC 6749 §5.2: a bad grant is a 400; only client authentication failures are 401.
@@ -287,7 +287,7 @@ async fn token(
 
 async fn token_grant(
     app: &Arc<App>,
-    peer: SocketAddr,
+    ip: IpAddr,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
@@ -300,7 +300,7 @@ async fn token_grant(
                     "grant_type=password needs username and password",
                 ));
             };
-            auth::password::grant(&app, &user, pw, &client_ip(peer, &headers)).await?
+            auth::password::grant(&app, &user, pw, &ip.to_string()).await?
         }
         Some("refresh_token") => {
             let rt = f

@@ -3,10 +3,9 @@
 //! Every handler carries a `#[utoipa::path]` annotation and is registered with `routes!` in
 //! [`routes`], which yields its route and its documentation together.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,7 +20,7 @@ use utoipa_axum::routes;
 use super::responses::{
     InvalidToken, MalformedBody, NotJson, PayloadTooLarge, TooManyRequests, Unavailable,
 };
-use super::{bearer, client_ip, json_body, ApiError, ErrorBody};
+use super::{bearer, json_body, ApiError, ClientIp, ErrorBody};
 use crate::app::App;
 use crate::auth::password::{SignUp, SignedUp};
 use crate::auth::{self, profile::ProfileChanges, sessions::LogoutBy, TokenPair};
@@ -42,7 +41,6 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(me, update_me))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
-        .routes(routes!(metrics))
         .routes(routes!(super::openapi::openapi_json))
         .merge(super::email::routes())
         .merge(super::sms::public_routes())
@@ -174,22 +172,6 @@ async fn healthz() -> Json<HealthStatus> {
     Json(HealthStatus::new("ok"))
 }
 
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "operations",
-    responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
-               content_type = "text/plain; version=0.0.4"))
-)]
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
-    )
-        .into_response()
-}
-
 /// Readiness: the database answers.
 #[utoipa::path(
     get,
@@ -267,7 +249,7 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 )]
 async fn password_login(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenPair>, ApiError> {
@@ -281,8 +263,9 @@ async fn password_login(
             (login, b.password)
         }
     };
-    let ip = client_ip(peer, &headers);
-    Ok(Json(auth::password::grant(&app, &login, pw, &ip).await?))
+    Ok(Json(
+        auth::password::grant(&app, &login, pw, &ip.to_string()).await?,
+    ))
 }
 
 /// API-key login.
