@@ -1,6 +1,7 @@
 //! `config/issuer.yaml`: the file format and its validated, compiled form.
 
 pub mod email;
+pub mod oauth;
 pub mod sms;
 pub(crate) mod units;
 
@@ -44,6 +45,8 @@ struct FileFormat {
     #[serde(default)]
     email: crate::config::email::EmailFile,
     sms: Option<crate::config::sms::SmsFile>,
+    #[serde(default)]
+    oauth: crate::config::oauth::OAuthFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +149,8 @@ pub struct IssuerConfig {
     pub email: crate::config::email::EmailConfig,
     /// SMS one-time-code login (`sms:`; absent: off).
     pub sms: Option<crate::config::sms::SmsConfig>,
+    /// OAuth clients (`oauth:`).
+    pub oauth: crate::config::oauth::OAuthConfig,
 }
 
 impl IssuerConfig {
@@ -311,6 +316,7 @@ impl IssuerConfig {
                 None => None,
                 Some(s) => Some(s.compile(&file, &dir)?),
             },
+            oauth: f.oauth.compile(&file)?,
         })
     }
 }
