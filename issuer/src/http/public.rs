@@ -63,6 +63,7 @@ pub struct JwksDocument {
 /// document: exactly what this issuer implements. It has no authorization endpoint (no
 /// browser flows) and issues no ID tokens, so `response_types_supported` is empty and no
 /// ID-token member is present; scopes are whatever API keys grant, so none are listed.
+/// Endpoints are URLs under `issuer`.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct ServerMetadata {
     /// The `iss` of every token.
@@ -87,6 +88,8 @@ pub struct ServerMetadata {
     pub revocation_endpoint_auth_methods_supported: Vec<String>,
     /// Empty: there is no authorization endpoint.
     pub response_types_supported: Vec<String>,
+    /// Empty, for the same reason (omitted, RFC 8414 would mean `query` and `fragment`).
+    pub response_modes_supported: Vec<String>,
 }
 
 impl ServerMetadata {
@@ -106,6 +109,7 @@ impl ServerMetadata {
             introspection_endpoint_auth_methods_supported: strings(&confidential),
             revocation_endpoint_auth_methods_supported: strings(&any_client),
             response_types_supported: Vec::new(),
+            response_modes_supported: Vec::new(),
         }
     }
 }
