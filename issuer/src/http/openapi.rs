@@ -9,7 +9,7 @@
 //!
 //! Security schemes: `bearer` (an access token of this issuer), `apiKey`
 //! (`Authorization: ApiKey <key>`), `basic` (HTTP Basic: login and password on
-//! `/v1/auth/password`, client id and API key on the OAuth endpoints) and `adminToken` (the
+//! `/v1/auth/password`, client id and secret on the OAuth endpoints) and `adminToken` (the
 //! admin API token, or an access token with role `admin`). An empty requirement (`{}`) in an
 //! operation's `security` means the credentials may come in the body instead.
 //!
@@ -106,7 +106,9 @@ impl Modify for SecuritySchemes {
                     .scheme(HttpAuthScheme::Basic)
                     .description(Some(
                         "HTTP Basic: `login:password` on `/v1/auth/password`; \
-                         `client_id:api_key` on the OAuth endpoints (`client_secret_basic`)",
+                         `client_id:client_secret` on the OAuth endpoints \
+                         (`client_secret_basic`): an API key's id and the key, or the \
+                         first-party client's id and an empty secret",
                     ))
                     .build(),
             ),
