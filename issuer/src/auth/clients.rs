@@ -191,10 +191,7 @@ fn invalid(scheme: Scheme, reason: &'static str) -> AuthError {
 /// RFC 6749 §2.3: one method per request, so a header credential together with a form
 /// `client_secret` is refused; a form `client_id` next to a header credential must name the
 /// same client. A bearer token is not a client credential (see [`authenticate_caller`]).
-pub(crate) async fn authenticate(
-    app: &App,
-    creds: &Credentials,
-) -> Result<Option<Client>, AuthError> {
+async fn authenticate(app: &App, creds: &Credentials) -> Result<Option<Client>, AuthError> {
     let form_id = creds.client_id.as_deref();
     let form_secret = creds.client_secret.as_deref();
     let (scheme, client_id, secret) = match &creds.header {

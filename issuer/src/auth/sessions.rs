@@ -205,17 +205,10 @@ pub(crate) async fn logout(app: &App, by: LogoutBy<'_>) -> Result<(), AuthError>
         LogoutBy::AccessToken(token) => {
             tokens::session_id(&tokens::verify(app, token)?).to_string()
         }
-        LogoutBy::RefreshToken(rt) => {
-            match app
-                .store
-                .find_session_by_refresh(&secrets::hash_token(rt))
-                .await
-            {
-                Ok(Some(s)) => s.id,
-                Ok(None) | Err(StoreError::NotFound) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-        }
+        LogoutBy::RefreshToken(rt) => match session_of_refresh(app, rt).await? {
+            Some(s) => s.id,
+            None => return Ok(()),
+        },
     };
     revoke_quietly(app, &session_id, "logout").await
 }
