@@ -83,7 +83,10 @@ pub(crate) async fn find_valid(app: &App, key: &str) -> Result<Option<ApiKey>, S
 
 /// Exchanges an API key for a token pair bound to the key's subject, scopes and roles.
 pub(crate) async fn grant(app: &App, key: &str) -> Result<TokenPair, AuthError> {
-    let record = find_valid(app, key).await?.ok_or(INVALID)?;
+    let Some(record) = find_valid(app, key).await? else {
+        app.metrics.login("key", false);
+        return Err(INVALID);
+    };
     login(app, &record).await
 }
 
@@ -108,12 +111,15 @@ pub(crate) async fn login(app: &App, record: &ApiKey) -> Result<TokenPair, AuthE
     // The key is bound to its subject: tokens name that subject, nothing the caller says.
     let user = match app.store.get_user(&record.subject).await {
         // A key bound to a disabled account is as dead as the account's password.
-        Ok(u) if u.disabled => return Err(INVALID),
+        Ok(u) if u.disabled => {
+            app.metrics.login("key", false);
+            return Err(INVALID);
+        }
         Ok(u) => u,
         Err(StoreError::NotFound) => sessions::service_user(&record.subject),
         Err(e) => return Err(e.into()),
     };
-    sessions::start_as(
+    let pair = sessions::start_as(
         app,
         Some(&record.id),
         &user,
@@ -121,7 +127,9 @@ pub(crate) async fn login(app: &App, record: &ApiKey) -> Result<TokenPair, AuthE
         &record.scopes,
         &record.roles,
     )
-    .await
+    .await?;
+    app.metrics.login("key", true);
+    Ok(pair)
 }
 
 /// Revokes an API key by id (`NotFound` when there is none).
