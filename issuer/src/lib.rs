@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod app;
 pub mod auth;
+pub mod client_addr;
 pub mod config;
 pub mod crypto;
 pub mod http;

@@ -31,13 +31,15 @@ const PW: &str = "correct horse battery staple";
 const NEW_PW: &str = "a completely new passphrase";
 const MAIL_WAIT: Duration = Duration::from_secs(15);
 
-/// The `email:` section for a plain-text relay on loopback at `port`.
+/// The `email:` section for a plain-text relay on loopback at `port`, and loopback as a
+/// trusted proxy: the tests play the gateway (see [`forgot`]).
 fn email_yaml(port: u16, more: &str) -> String {
     format!(
         "email:\n  enabled: true\n  mailer: smtp\n  from: \"Portcullis Test <no-reply@portcullis.test>\"\n  \
          confirm_url: \"https://app.test/confirm-email?token={{token}}\"\n  \
          reset_url: \"https://app.test/reset-password?token={{token}}\"\n  \
-         smtp:\n    host: 127.0.0.1\n    port: {port}\n    tls: none\n    timeout: 3s\n{more}"
+         smtp:\n    host: 127.0.0.1\n    port: {port}\n    tls: none\n    timeout: 3s\n{more}\
+         trusted_proxies: [127.0.0.1/32]\n"
     )
 }
 
@@ -77,11 +79,12 @@ fn confirm(iss: &IssuerProc, token: &str) -> Resp {
     post_json(&iss.url("/v1/users/confirm"), &json!({ "token": token }))
 }
 
+/// `POST /v1/password/forgot` as if the gateway forwarded it from `ip`.
 fn forgot(iss: &IssuerProc, email: &str, ip: &str) -> Resp {
     send(
         client()
             .post(iss.url("/v1/password/forgot"))
-            .header("X-Real-IP", ip)
+            .header("X-Forwarded-For", ip)
             .json(&json!({ "email": email })),
     )
 }
@@ -103,7 +106,7 @@ fn resend(iss: &IssuerProc, access: &str) -> Resp {
 
 /// `portcullis_issuer_emails_total{kind, outcome}`.
 fn email_metric(iss: &IssuerProc, kind: &str, outcome: &str) -> u64 {
-    let text = get_with(&iss.url("/metrics"), None).text;
+    let text = get_with(&iss.admin_url("/metrics"), None).text;
     let needle =
         format!("portcullis_issuer_emails_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} ");
     text.lines()
@@ -490,8 +493,14 @@ fn require_confirmed_email(b: Backend) {
     let Some(iss) = start(b, dir.path(), &email_yaml(sink.port(), more)) else {
         return;
     };
-    let r = iss.signup(&json!({"email": "hank@example.com", "password": PW}));
-    assert_eq!(r.status, 201, "{}", r.text);
+    // No tokens before the address is confirmed: the account exists, the link is mailed.
+    let r = iss.signup(&json!({"email": "Hank@example.com", "password": PW}));
+    assert_eq!(r.status, 202, "{}", r.text);
+    let body = r.json();
+    assert_eq!(body["email"], "hank@example.com", "{body}");
+    assert_eq!(body["confirmation_required"], true, "{body}");
+    assert!(body["id"].is_string(), "{body}");
+    assert!(body.get("access_token").is_none() && body.get("refresh_token").is_none());
     iss.password_login("hank@example.com", PW)
         .assert_error(403, Some("email_not_confirmed"));
     // A wrong password still says only that.

@@ -4,7 +4,7 @@
 //! API-key failures; each scenario on SQLite and on PostgreSQL, against the real binary.
 //!
 //! Clients are told apart by their real source address (127.0.0.x: the whole block is
-//! loopback), not by a header, so the tests hold whatever `http::client_ip` trusts. Small
+//! loopback), not by a forwarding header, so the tests hold whatever `trusted_proxies` says. Small
 //! budgets come from each test's `limits:` section; one scenario waits for a real window
 //! boundary (20 s windows) to show that a burst straddling it is still limited.
 
@@ -226,7 +226,7 @@ fn mail_ceiling(b: Backend) {
 
 /// `portcullis_issuer_emails_total{kind, outcome}`.
 fn metric(iss: &IssuerProc, kind: &str, outcome: &str) -> u64 {
-    let text = get_with(&iss.url("/metrics"), None).text;
+    let text = get_with(&iss.admin_url("/metrics"), None).text;
     let needle =
         format!("portcullis_issuer_emails_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} ");
     text.lines()

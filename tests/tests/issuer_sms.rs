@@ -66,7 +66,9 @@ fn setup(b: Backend, extra: &str) -> Option<Env> {
     let dir = tempdir();
     std::fs::write(dir.path().join("twilio-token"), format!("{TOKEN}\n")).expect("token file");
     let tw = FakeTwilio::start(SID, TOKEN);
-    let iss = start_issuer(dir.path(), db, &twilio_yaml(&tw, extra));
+    // The tests play the gateway on loopback (see `start_from`).
+    let yaml = twilio_yaml(&tw, extra) + "trusted_proxies: [127.0.0.1/32]\n";
+    let iss = start_issuer(dir.path(), db, &yaml);
     Some(Env { _dir: dir, iss, tw })
 }
 
@@ -82,12 +84,13 @@ impl Env {
         post_json(&self.iss.url("/v1/auth/sms/start"), body)
     }
 
-    /// As if the gateway forwarded a request from `ip` (`X-Real-IP` from loopback).
+    /// As if the gateway forwarded a request from `ip`: `X-Forwarded-For` from loopback,
+    /// which [`setup`]'s issuer trusts.
     fn start_from(&self, phone: &str, ip: &str) -> Resp {
         send(
             client()
                 .post(self.iss.url("/v1/auth/sms/start"))
-                .header("X-Real-IP", ip)
+                .header("X-Forwarded-For", ip)
                 .json(&json!({ "phone": phone })),
         )
     }
@@ -197,7 +200,7 @@ fn signup_then_login(b: Backend) {
     assert_eq!(claims2["amr"], json!(["sms"]));
     assert_ne!(claims2["sid"], claims["sid"], "a new session per login");
     assert_eq!(env.users().len(), 1, "no second account");
-    let m = get_with(&env.iss.url("/metrics"), None).text;
+    let m = get_with(&env.iss.admin_url("/metrics"), None).text;
     assert!(
         m.contains("portcullis_issuer_sms_sends_total{outcome=\"sent\",provider=\"twilio\"} 2"),
         "{m}"
@@ -466,7 +469,7 @@ fn provider_down_then_back(b: Backend) {
     assert_eq!(r.status, 202, "{}", r.text);
     let code = env.code(PHONE);
     env.verify(PHONE, &code).pair();
-    let m = get_with(&env.iss.url("/metrics"), None).text;
+    let m = get_with(&env.iss.admin_url("/metrics"), None).text;
     assert!(
         m.contains("portcullis_issuer_sms_sends_total{outcome=\"failed\",provider=\"twilio\"} 2"),
         "{m}"
@@ -751,7 +754,7 @@ fn delivery_reports(b: Backend) {
     r.assert_error(415, Some("invalid_request"));
     let r = post_status_callback(&url, CALLBACK, Some(TOKEN), &[("MessageStatus", "sent")]);
     r.assert_error(400, Some("invalid_request"));
-    let metrics = get_with(&env.iss.url("/metrics"), None).text;
+    let metrics = get_with(&env.iss.admin_url("/metrics"), None).text;
     assert!(
         metrics.contains("portcullis_issuer_sms_delivery_reports_total{status=\"undelivered\"} 1"),
         "{metrics}"

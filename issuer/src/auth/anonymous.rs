@@ -38,5 +38,7 @@ pub(crate) async fn sign_in(app: &App, ip: &str) -> Result<TokenPair, AuthError>
             anonymous: true,
         })
         .await?;
-    sessions::start(app, &user, "anon", &[], &[]).await
+    let pair = sessions::start(app, &user, "anon", &[], &[]).await?;
+    app.metrics.login("anon", true);
+    Ok(pair)
 }

@@ -2,6 +2,8 @@
 
 pub mod email;
 pub mod limits;
+pub mod oauth;
+pub mod proxies;
 pub mod sms;
 pub(crate) mod units;
 
@@ -25,6 +27,8 @@ struct FileFormat {
     listen: Option<Spanned<String>>,
     admin_listen: Option<Spanned<String>>,
     database_url: Option<Spanned<String>>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
     sqlite_synchronous: Option<Spanned<String>>,
     issuer: Option<Spanned<String>>,
     #[serde(default)]
@@ -47,6 +51,8 @@ struct FileFormat {
     sms: Option<crate::config::sms::SmsFile>,
     #[serde(default)]
     limits: limits::LimitsFile,
+    #[serde(default)]
+    oauth: crate::config::oauth::OAuthFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +107,8 @@ pub struct IssuerConfig {
     pub admin_listen: SocketAddr,
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed (default: nobody).
+    pub trusted_proxies: proxies::TrustedProxies,
     /// Durability of SQLite commits (`sqlite_synchronous: full | normal`).
     pub sqlite_sync: crate::store::SqliteSync,
     /// `iss` of every token, and the base of discovery URLs.
@@ -151,6 +159,8 @@ pub struct IssuerConfig {
     pub sms: Option<crate::config::sms::SmsConfig>,
     /// Budgets of the `limits:` section.
     pub limits: limits::LimitsConfig,
+    /// OAuth clients (`oauth:`).
+    pub oauth: crate::config::oauth::OAuthConfig,
 }
 
 impl IssuerConfig {
@@ -259,6 +269,7 @@ impl IssuerConfig {
             listen: addr(&f.listen, "listen", "127.0.0.1:8081")?,
             admin_listen: addr(&f.admin_listen, "admin_listen", "127.0.0.1:8082")?,
             database_url,
+            trusted_proxies: proxies::TrustedProxies::compile(&f.trusted_proxies, &file)?,
             sqlite_sync,
             issuer,
             audiences: if f.audiences.is_empty() {
@@ -319,6 +330,7 @@ impl IssuerConfig {
                 Some(s) => Some(s.compile(&file, &dir)?),
             },
             limits,
+            oauth: f.oauth.compile(&file)?,
         })
     }
 }
@@ -355,5 +367,45 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("password.max_length"));
+    }
+
+    #[test]
+    fn trusted_proxies_default_to_nobody_and_bad_entries_are_located() {
+        use std::net::IpAddr;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("issuer.yaml");
+        std::fs::write(&p, "").unwrap();
+        let c = IssuerConfig::load(&p).unwrap();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(
+            !c.trusted_proxies.contains(local),
+            "the default trusts nobody"
+        );
+        std::fs::write(&p, "trusted_proxies: [127.0.0.1/32, \"::1\", 10.0.0.0/8]\n").unwrap();
+        let c = IssuerConfig::load(&p).unwrap();
+        for ip in ["127.0.0.1", "::1", "10.9.8.7", "::ffff:10.0.0.1"] {
+            assert!(c.trusted_proxies.contains(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!c.trusted_proxies.contains("127.0.0.2".parse().unwrap()));
+        for (text, line, col, what) in [
+            (
+                "trusted_proxies:\n  - 10.0.0.0/8\n  - 10.0.0.0/40\n",
+                3,
+                5,
+                "prefix length",
+            ),
+            (
+                "trusted_proxies: [10.0.0.0/8, gateway.local]\n",
+                1,
+                31,
+                "invalid IP address",
+            ),
+            ("trusted_proxies: [unix]\n", 1, 19, "TCP only"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = IssuerConfig::load(&p).unwrap_err().to_string();
+            let at = format!("issuer.yaml:{line}:{col}: trusted_proxies: ");
+            assert!(e.contains(&at) && e.contains(what), "{text:?}: {e}");
+        }
     }
 }

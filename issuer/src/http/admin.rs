@@ -4,7 +4,7 @@
 //!
 //! Every handler carries a `#[utoipa::path]` annotation (tag `admin`, security scheme
 //! `adminToken`) and is registered with `routes!` in [`routes`]; [`super::openapi`] merges
-//! the documented routes into the one document `/openapi.json`.
+//! the documented routes into the admin listener's document (its `/openapi.json`).
 
 use std::sync::Arc;
 
@@ -22,15 +22,15 @@ use utoipa_axum::routes;
 
 use super::public::UserView;
 use super::responses::{
-    AdminForbidden, AdminUnauthorized, MalformedBody, NotJson, PayloadTooLarge, Unavailable,
-    UserNotFound,
+    AdminForbidden, AdminUnauthorized, InvalidRole, MalformedBody, NotJson, PayloadTooLarge,
+    Unavailable, UserNotFound,
 };
 use super::{bearer, json_body, ApiError, ErrorBody};
 use crate::accounts::{self, AccountChanges, AccountError, NewAccount};
 use crate::app::App;
 use crate::auth;
 use crate::auth::api_key::NewApiKey;
-use crate::crypto::secrets;
+use crate::auth::clients::Permission;
 use crate::store::{ApiKey, Session, SigningKey};
 use crate::{signing_keys, tokens};
 
@@ -67,7 +67,7 @@ pub(super) async fn require_admin(
     if token.is_empty() {
         return Err(denied());
     }
-    if !secrets::constant_time_eq(&secrets::hash_token(token), &app.admin_token_hash) {
+    if !auth::clients::is_admin_token(&app, token) {
         let claims = tokens::verify(&app, token).map_err(|_| denied())?;
         let is_admin = claims
             .get("roles")
@@ -158,6 +158,9 @@ pub struct ApiKeyView {
     pub scopes: Vec<String>,
     /// Roles granted to its tokens.
     pub roles: Vec<String>,
+    /// What it may do beyond logging in: `introspect`, `revoke` (any token, not only its
+    /// own).
+    pub permissions: Vec<String>,
     /// Expiry (seconds since the epoch).
     #[schema(required = true)]
     pub expires_at: Option<i64>,
@@ -190,6 +193,7 @@ impl From<ApiKey> for ApiKeyView {
             name: k.name,
             scopes: k.scopes,
             roles: k.roles,
+            permissions: k.permissions,
             expires_at: k.expires_at,
             revoked_at: k.revoked_at,
             last_used_at: k.last_used_at,
@@ -344,7 +348,7 @@ pub(super) struct CreateUser {
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
-        (status = 422, description = "The password does not meet the policy (`weak_password`)", body = ErrorBody),
+        (status = 422, description = "The password does not meet the policy (`weak_password`), or a role is invalid (`invalid_role`)", body = ErrorBody),
         (status = 503, response = Unavailable),
     )
 )]
@@ -434,6 +438,7 @@ pub(super) struct UpdateUser {
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
+        (status = 422, response = InvalidRole),
         (status = 503, response = Unavailable),
     )
 )]
@@ -471,6 +476,7 @@ async fn update_user(
         (status = 404, response = UserNotFound),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
+        (status = 422, response = InvalidRole),
         (status = 503, response = Unavailable),
     )
 )]
@@ -592,6 +598,11 @@ pub(super) struct CreateApiKey {
     /// Roles granted to its tokens.
     #[serde(default)]
     roles: Vec<String>,
+    /// What it may do beyond logging in as its own OAuth client: `introspect` and `revoke`
+    /// any token at `/oauth/introspect` and `/oauth/revoke` (without them, only the tokens
+    /// of its own sessions).
+    #[serde(default)]
+    permissions: Vec<Permission>,
     /// Lifetime in seconds (None: no expiry).
     #[serde(default, deserialize_with = "super::optional_integer")]
     #[schema(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
@@ -612,6 +623,7 @@ pub(super) struct CreateApiKey {
         (status = 403, response = AdminForbidden),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
+        (status = 422, response = InvalidRole),
         (status = 503, response = Unavailable),
     )
 )]
@@ -626,6 +638,7 @@ async fn create_api_key(
         name: b.name.as_deref().unwrap_or(""),
         scopes: b.scopes,
         roles: b.roles,
+        permissions: b.permissions,
         expires_in: b.expires_in,
     };
     let (key, secret) = auth::api_key::create(&app, new).await?;

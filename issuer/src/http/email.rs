@@ -2,10 +2,9 @@
 //! link, resending that link, and resetting a forgotten password by link. The flows (tokens,
 //! limits, background delivery) live in [`crate::auth::email_links`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use bytes::Bytes;
@@ -17,7 +16,7 @@ use utoipa_axum::routes;
 use super::responses::{
     EmailDisabled, InvalidToken, NotJson, PayloadTooLarge, TooManyRequests, Unavailable,
 };
-use super::{bearer, client_ip, json_body, ApiError, ErrorBody};
+use super::{bearer, json_body, ApiError, ClientIp, ErrorBody};
 use crate::app::App;
 use crate::auth::email_links;
 
@@ -109,13 +108,13 @@ fn accepted() -> (StatusCode, Json<AcceptedBody>) {
 )]
 async fn confirm(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<ConfirmedBody>, ApiError> {
     email_links::enabled(&app)?;
     let b: ConfirmBody = json_body(&headers, &body)?;
-    let ip = client_ip(peer, &headers);
+    let ip = ip.to_string();
     let (email, email_confirmed_at) = email_links::confirm(&app, &b.token, &ip).await?;
     Ok(Json(ConfirmedBody {
         email,
@@ -141,10 +140,10 @@ async fn confirm(
 )]
 async fn resend(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
-    email_links::resend(&app, bearer(&headers), &client_ip(peer, &headers)).await?;
+    email_links::resend(&app, bearer(&headers), &ip.to_string()).await?;
     Ok(accepted())
 }
 
@@ -169,13 +168,13 @@ async fn resend(
 )]
 async fn forgot(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
     email_links::enabled(&app)?;
     let b: ForgotBody = json_body(&headers, &body)?;
-    email_links::forgot(&app, &b.email, &client_ip(peer, &headers)).await?;
+    email_links::forgot(&app, &b.email, &ip.to_string()).await?;
     Ok(accepted())
 }
 
@@ -198,13 +197,13 @@ async fn forgot(
 )]
 async fn reset(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     email_links::enabled(&app)?;
     let b: ResetBody = json_body(&headers, &body)?;
-    let ip = client_ip(peer, &headers);
+    let ip = ip.to_string();
     email_links::reset(&app, &b.token, b.new_password, &ip).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,11 +1,16 @@
 //! HTTP surface: the public API, the admin API, their shared error type, and the OpenAPI
-//! document describing both (`/openapi.json`, see [`openapi`]).
+//! documents describing them (`/openapi.json` on each listener, see [`openapi`]).
+//!
+//! The public listener serves the public API and its document; the admin listener serves
+//! the admin API behind its token, plus `/metrics` and the admin document without it
+//! ([`operations`]).
 
 pub mod admin;
 pub mod email;
 mod errors;
 pub mod oauth;
 pub mod openapi;
+mod operations;
 pub mod public;
 mod responses;
 pub mod sms;
@@ -21,13 +26,16 @@ use serde::{Deserialize, Serialize};
 #[schema(example = json!({"error": "invalid_request", "error_description": "malformed JSON body: expected value at line 1 column 1"}))]
 pub struct ErrorBody {
     /// Machine-readable code: `invalid_request`, `invalid_grant`, `invalid_client`,
-    /// `invalid_token`, `unsupported_grant_type`, `weak_password`, `disabled`, `forbidden`,
-    /// `not_found`, `method_not_allowed`, `conflict`, `too_many_requests`, `unavailable`,
-    /// `server_error`, `email_not_confirmed`.
+    /// `unauthorized_client`, `invalid_token`, `unsupported_grant_type`, `weak_password`,
+    /// `disabled`, `forbidden`, `not_found`, `method_not_allowed`, `conflict`,
+    /// `too_many_requests`, `unavailable`, `server_error`, `email_not_confirmed`.
     pub error: String,
     /// Human-readable explanation (never contains secrets).
     pub error_description: String,
 }
+
+/// The `realm` of every `WWW-Authenticate` challenge of the issuer.
+pub(crate) const REALM: &str = "portcullis-issuer";
 
 /// An error answer: `{"error", "error_description"}` with the right status.
 #[derive(Debug)]
@@ -63,7 +71,7 @@ impl ApiError {
         let mut e = Self::new(StatusCode::UNAUTHORIZED, code, description);
         e.headers.push((
             header::WWW_AUTHENTICATE,
-            "Bearer realm=\"portcullis-issuer\"".into(),
+            format!("Bearer realm=\"{REALM}\""),
         ));
         e
     }
@@ -219,14 +227,38 @@ impl<'de> serde::de::Visitor<'de> for Integer {
     }
 }
 
-/// The client address: the gateway's `X-Real-IP` when the peer is local, else the peer.
-pub fn client_ip(peer: std::net::SocketAddr, headers: &HeaderMap) -> String {
-    if peer.ip().is_loopback() {
-        if let Some(ip) = headers.get("x-real-ip").and_then(|v| v.to_str().ok()) {
-            return ip.to_string();
-        }
+/// The client address the per-IP budgets count against ([`crate::client_addr`]): the peer,
+/// or, when the peer is in `trusted_proxies`, what its forwarding headers say. Take it as a
+/// handler argument, `ClientIp(ip): ClientIp`. Needs the listener to be served with
+/// `into_make_service_with_connect_info::<SocketAddr>()` (the public one is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl axum::extract::FromRequestParts<std::sync::Arc<crate::app::App>> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &std::sync::Arc<crate::app::App>,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(peer) = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        else {
+            // A wiring mistake, not the client's: the listener was served without peer info.
+            tracing::error!("no peer address: serve this router with connect info");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the request could not be completed",
+            ));
+        };
+        Ok(ClientIp(crate::client_addr::client_addr(
+            peer.0.ip(),
+            &app.cfg.trusted_proxies,
+            &parts.headers,
+        )))
     }
-    peer.ip().to_string()
 }
 
 /// The bearer token of a request, if any.
@@ -285,18 +317,23 @@ pub fn public_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
         .layer(axum::middleware::from_fn(crate::metrics::request_log))
 }
 
-/// The admin API behind its token check, with the same layers as [`public_app`]: what the
-/// admin listener serves.
+/// What the admin listener serves, with the same layers as [`public_app`]: `/metrics` and
+/// the admin document as they are ([`operations`]); every other request goes to the admin
+/// API behind its token check (unknown paths included, so they answer 401 without it).
 pub fn admin_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
-    let (routes, _) = admin::routes().split_for_parts();
-    routes
+    let (guarded, _) = admin::routes().split_for_parts();
+    let guarded = guarded
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             admin::require_admin,
         ))
+        .with_state(app.clone());
+    let (open, _) = operations::routes().split_for_parts();
+    open.method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
+        .fallback_service(guarded)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(axum::middleware::from_fn(json_413))
         .layer(axum::middleware::from_fn(crate::metrics::request_log))

@@ -3,10 +3,9 @@
 //! Every handler carries a `#[utoipa::path]` annotation and is registered with `routes!` in
 //! [`routes`], which yields its route and its documentation together.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,9 +20,10 @@ use utoipa_axum::routes;
 use super::responses::{
     InvalidToken, MalformedBody, NotJson, PayloadTooLarge, TooManyRequests, Unavailable,
 };
-use super::{bearer, client_ip, json_body, ApiError, ErrorBody};
+use super::{bearer, json_body, ApiError, ClientIp, ErrorBody};
 use crate::app::App;
-use crate::auth::{self, password::SignUp, profile::ProfileChanges, sessions::LogoutBy, TokenPair};
+use crate::auth::password::{SignUp, SignedUp};
+use crate::auth::{self, profile::ProfileChanges, sessions::LogoutBy, TokenPair};
 use crate::store::User;
 
 /// The public routes with their documentation, those of the email flows, SMS login and the
@@ -31,7 +31,8 @@ use crate::store::User;
 pub(crate) fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
         .routes(routes!(jwks))
-        .routes(routes!(discovery))
+        .routes(routes!(openid_configuration))
+        .routes(routes!(authorization_server_metadata))
         .routes(routes!(password_login))
         .routes(routes!(api_key_login))
         .routes(routes!(anonymous_login))
@@ -41,7 +42,6 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(me, update_me))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
-        .routes(routes!(metrics))
         .routes(routes!(super::openapi::openapi_json))
         .merge(super::email::routes())
         .merge(super::sms::public_routes())
@@ -58,25 +58,59 @@ pub struct JwksDocument {
     pub keys: Vec<Value>,
 }
 
-/// The discovery document (a subset of OpenID Connect Discovery / RFC 8414).
+/// Authorization server metadata (RFC 8414), also served as the OpenID Connect discovery
+/// document: exactly what this issuer implements. It has no authorization endpoint (no
+/// browser flows) and issues no ID tokens, so `response_types_supported` is empty and no
+/// ID-token member is present; scopes are whatever API keys grant, so none are listed.
+/// Endpoints are URLs under `issuer`.
 #[derive(Serialize, Deserialize, ToSchema)]
-pub struct DiscoveryDocument {
+pub struct ServerMetadata {
     /// The `iss` of every token.
     pub issuer: String,
+    /// The OAuth token endpoint (`/oauth/token`).
+    pub token_endpoint: String,
     /// Where the JWKS is published.
     pub jwks_uri: String,
-    /// The OAuth token endpoint.
-    pub token_endpoint: String,
+    /// Token introspection, RFC 7662 (`/oauth/introspect`).
+    pub introspection_endpoint: String,
+    /// Token revocation, RFC 7009 (`/oauth/revoke`).
+    pub revocation_endpoint: String,
     /// `password`, `refresh_token`, `client_credentials`.
     pub grant_types_supported: Vec<String>,
-    /// `client_secret_basic`, `client_secret_post`.
+    /// `client_secret_basic`, `client_secret_post` (API keys), `none` (the first-party
+    /// client).
     pub token_endpoint_auth_methods_supported: Vec<String>,
-    /// The configured signing algorithm (`ES256`, `RS256` or `EdDSA`).
-    pub id_token_signing_alg_values_supported: Vec<String>,
-    /// `token`.
+    /// `client_secret_basic`, `client_secret_post`: introspection needs a confidential
+    /// client (or the admin token).
+    pub introspection_endpoint_auth_methods_supported: Vec<String>,
+    /// `client_secret_basic`, `client_secret_post`, `none`.
+    pub revocation_endpoint_auth_methods_supported: Vec<String>,
+    /// Empty: there is no authorization endpoint.
     pub response_types_supported: Vec<String>,
-    /// `public`.
-    pub subject_types_supported: Vec<String>,
+    /// Empty, for the same reason (omitted, RFC 8414 would mean `query` and `fragment`).
+    pub response_modes_supported: Vec<String>,
+}
+
+impl ServerMetadata {
+    /// The metadata of the issuer `iss`.
+    fn of(iss: &str) -> Self {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        let confidential = ["client_secret_basic", "client_secret_post"];
+        let any_client = ["client_secret_basic", "client_secret_post", "none"];
+        ServerMetadata {
+            issuer: iss.to_string(),
+            token_endpoint: format!("{iss}/oauth/token"),
+            jwks_uri: format!("{iss}/.well-known/jwks.json"),
+            introspection_endpoint: format!("{iss}/oauth/introspect"),
+            revocation_endpoint: format!("{iss}/oauth/revoke"),
+            grant_types_supported: strings(&["password", "refresh_token", "client_credentials"]),
+            token_endpoint_auth_methods_supported: strings(&any_client),
+            introspection_endpoint_auth_methods_supported: strings(&confidential),
+            revocation_endpoint_auth_methods_supported: strings(&any_client),
+            response_types_supported: Vec::new(),
+            response_modes_supported: Vec::new(),
+        }
+    }
 }
 
 /// The answer of the health endpoints.
@@ -136,29 +170,26 @@ async fn jwks(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-/// Issuer metadata for OAuth / OpenID Connect clients.
+/// OpenID Connect discovery: the issuer's metadata (the same document as RFC 8414's).
 #[utoipa::path(
     get,
     path = "/.well-known/openid-configuration",
     tag = "keys",
-    responses((status = 200, description = "The discovery document", body = DiscoveryDocument))
+    responses((status = 200, description = "The issuer's metadata", body = ServerMetadata))
 )]
-async fn discovery(State(app): State<Arc<App>>) -> Json<DiscoveryDocument> {
-    let iss = &app.cfg.issuer;
-    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
-    Json(DiscoveryDocument {
-        issuer: iss.clone(),
-        jwks_uri: format!("{iss}/.well-known/jwks.json"),
-        token_endpoint: format!("{iss}/oauth/token"),
-        grant_types_supported: strings(&["password", "refresh_token", "client_credentials"]),
-        token_endpoint_auth_methods_supported: strings(&[
-            "client_secret_basic",
-            "client_secret_post",
-        ]),
-        id_token_signing_alg_values_supported: vec![app.cfg.key_alg.to_string()],
-        response_types_supported: strings(&["token"]),
-        subject_types_supported: strings(&["public"]),
-    })
+async fn openid_configuration(State(app): State<Arc<App>>) -> Json<ServerMetadata> {
+    Json(ServerMetadata::of(&app.cfg.issuer))
+}
+
+/// OAuth 2.0 authorization server metadata (RFC 8414).
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-authorization-server",
+    tag = "keys",
+    responses((status = 200, description = "The issuer's metadata", body = ServerMetadata))
+)]
+async fn authorization_server_metadata(State(app): State<Arc<App>>) -> Json<ServerMetadata> {
+    Json(ServerMetadata::of(&app.cfg.issuer))
 }
 
 /// Liveness: the process answers.
@@ -171,22 +202,6 @@ async fn discovery(State(app): State<Arc<App>>) -> Json<DiscoveryDocument> {
 )]
 async fn healthz() -> Json<HealthStatus> {
     Json(HealthStatus::new("ok"))
-}
-
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "operations",
-    responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
-               content_type = "text/plain; version=0.0.4"))
-)]
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
-    )
-        .into_response()
 }
 
 /// Readiness: the database answers.
@@ -228,7 +243,8 @@ pub(super) struct PasswordLogin {
     password: String,
 }
 
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+/// The user-id and password of an `Authorization: Basic` header, when it is one and decodes.
+pub(super) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = v.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -266,7 +282,7 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 )]
 async fn password_login(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenPair>, ApiError> {
@@ -280,8 +296,9 @@ async fn password_login(
             (login, b.password)
         }
     };
-    let ip = client_ip(peer, &headers);
-    Ok(Json(auth::password::grant(&app, &login, pw, &ip).await?))
+    Ok(Json(
+        auth::password::grant(&app, &login, pw, &ip.to_string()).await?,
+    ))
 }
 
 /// API-key login.
@@ -305,7 +322,7 @@ pub(super) struct ApiKeyLogin {
     responses(
         (status = 200, description = "Logged in", body = TokenPair),
         (status = 400, response = MalformedBody),
-        (status = 401, description = "Unknown, revoked or expired API key (`invalid_client`)", body = ErrorBody),
+        (status = 401, description = "Unknown, revoked or expired API key (`invalid_client`, challenge `ApiKey`)", body = ErrorBody),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
         (status = 429, response = TooManyRequests),
@@ -314,22 +331,26 @@ pub(super) struct ApiKeyLogin {
 )]
 async fn api_key_login(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenPair>, ApiError> {
-    let from_header = headers
+    let key = match api_key_header(&headers) {
+        Some(k) => k,
+        None => json_body::<ApiKeyLogin>(&headers, &body)?.api_key,
+    };
+    let ip = ip.to_string();
+    Ok(Json(auth::api_key::grant(&app, &key, &ip).await?))
+}
+
+/// The key of an `Authorization: ApiKey <key>` header.
+pub(super) fn api_key_header(headers: &HeaderMap) -> Option<String> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(s, _)| s.eq_ignore_ascii_case("apikey"))
-        .map(|(_, k)| k.trim().to_string());
-    let key = match from_header {
-        Some(k) => k,
-        None => json_body::<ApiKeyLogin>(&headers, &body)?.api_key,
-    };
-    let ip = client_ip(peer, &headers);
-    Ok(Json(auth::api_key::grant(&app, &key, &ip).await?))
+        .map(|(_, k)| k.trim().to_string())
 }
 
 /// Creates an anonymous user and logs it in (`amr: ["anon"]`).
@@ -348,13 +369,11 @@ async fn api_key_login(
 )]
 async fn anonymous_login(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    ClientIp(ip): ClientIp,
 ) -> Result<(StatusCode, Json<TokenPair>), ApiError> {
-    let ip = client_ip(peer, &headers);
     Ok((
         StatusCode::CREATED,
-        Json(auth::anonymous::sign_in(&app, &ip).await?),
+        Json(auth::anonymous::sign_in(&app, &ip.to_string()).await?),
     ))
 }
 
@@ -387,12 +406,12 @@ pub(super) struct RefreshBody {
 )]
 async fn refresh(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenPair>, ApiError> {
     let b: RefreshBody = json_body(&headers, &body)?;
-    let ip = client_ip(peer, &headers);
+    let ip = ip.to_string();
     Ok(Json(
         auth::sessions::refresh(&app, &b.refresh_token, &ip).await?,
     ))
@@ -462,7 +481,19 @@ pub(super) struct SignupBody {
     user_metadata: Option<Value>,
 }
 
-/// Creates an account (when sign-up is enabled) and logs it in.
+/// A sign-up whose address must be confirmed before the first password login.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SignupPending {
+    /// The new account's id.
+    pub id: String,
+    /// Where the confirmation link was sent (lower-cased).
+    pub email: String,
+    /// Always `true`: no tokens until the link is used and the user logs in.
+    pub confirmation_required: bool,
+}
+
+/// Creates an account (when sign-up is enabled) and logs it in, or — when
+/// `email.require_confirmed_email_for_password_login` is on — answers 202 without tokens.
 ///
 /// With the email flows enabled, a confirmation link is mailed to the address (in the
 /// background: a delivery failure does not change the answer). Limited per client address
@@ -474,6 +505,7 @@ pub(super) struct SignupBody {
     request_body(content = SignupBody, content_type = "application/json"),
     responses(
         (status = 201, description = "The account is created and logged in", body = TokenPair),
+        (status = 202, description = "The account is created; confirmed email is required before a password login, so no tokens: the link was mailed", body = SignupPending),
         (status = 400, description = "Malformed body or invalid email address", body = ErrorBody),
         (status = 403, description = "Sign-up is disabled (`disabled`)", body = ErrorBody),
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
@@ -486,13 +518,13 @@ pub(super) struct SignupBody {
 )]
 async fn signup(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<TokenPair>), ApiError> {
+) -> Result<Response, ApiError> {
     auth::password::signup_enabled(&app)?;
     let b: SignupBody = json_body(&headers, &body)?;
-    let pair = auth::password::sign_up(
+    let outcome = auth::password::sign_up(
         &app,
         SignUp {
             email: b.email,
@@ -500,10 +532,21 @@ async fn signup(
             username: b.username,
             user_metadata: b.user_metadata,
         },
-        &client_ip(peer, &headers),
+        &ip.to_string(),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(pair)))
+    Ok(match outcome {
+        SignedUp::LoggedIn(pair) => (StatusCode::CREATED, Json(pair)).into_response(),
+        SignedUp::ConfirmationRequired { user_id, email } => (
+            StatusCode::ACCEPTED,
+            Json(SignupPending {
+                id: user_id,
+                email,
+                confirmation_required: true,
+            }),
+        )
+            .into_response(),
+    })
 }
 
 /// A user as the API shows it (never the password hash).

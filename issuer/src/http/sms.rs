@@ -2,10 +2,9 @@
 //! reports (`/v1/webhooks/sms-status`) and the admin listing of sent messages
 //! (`/admin/sms/messages`). The logic lives in [`crate::sms::SmsLogin`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use bytes::Bytes;
@@ -18,7 +17,7 @@ use super::responses::{
     AdminForbidden, AdminUnauthorized, NotForm, NotJson, PayloadTooLarge, TooManyRequests,
     Unavailable,
 };
-use super::{client_ip, json_body, ApiError, ErrorBody};
+use super::{json_body, ApiError, ClientIp, ErrorBody};
 use crate::app::{now, App};
 use crate::auth::{self, TokenPair};
 use crate::sms::{bounded_status, phone, signature, SmsLogin};
@@ -113,13 +112,13 @@ pub struct SmsStarted {
 )]
 async fn sms_start(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<SmsStarted>), ApiError> {
     let sms = enabled(&app)?;
     let b: SmsStart = json_body(&headers, &body)?;
-    let ip = client_ip(peer, &headers);
+    let ip = ip.to_string();
     sms.start(&app.store, &app.metrics, &b.phone, b.region.as_deref(), &ip)
         .await?;
     Ok((
@@ -170,13 +169,13 @@ pub(super) struct SmsVerify {
 )]
 async fn sms_verify(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenPair>, ApiError> {
     let sms = enabled(&app)?;
     let b: SmsVerify = json_body(&headers, &body)?;
-    let ip = client_ip(peer, &headers);
+    let ip = ip.to_string();
     let pair =
         auth::sms::verify_and_login(&app, sms, &b.phone, b.region.as_deref(), &b.code, &ip).await?;
     Ok(Json(pair))
