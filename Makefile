@@ -18,7 +18,7 @@ run: build
 
 ## Unit tests, then end-to-end tests that start the real binaries on loopback.
 test: build
-	@scripts/install-deps.sh nginx postgres
+	@scripts/install-deps.sh nginx postgres promtool
 	@CARGO=$(CARGO) scripts/test.sh
 
 ## Benchmarks: the gateway against nginx (and nginx + auth_request) with wrk, criterion

@@ -22,6 +22,12 @@ pub enum AccountError {
     /// A metadata value is not a JSON object.
     #[error("metadata must be a JSON object")]
     MetadataNotObject,
+    /// A role outside the role grammar (`portcullis_common::claims`).
+    #[error("role {0:?} is invalid: a role is {rule}", rule = portcullis_common::claims::ROLE_RULE)]
+    InvalidRole(String),
+    /// A scope that is not an RFC 6749 scope-token.
+    #[error("scope {0:?} is invalid: a scope is {rule}", rule = portcullis_common::claims::SCOPE_RULE)]
+    InvalidScope(String),
     /// The password does not meet the policy.
     #[error("{}", policy_text(.0))]
     WeakPassword(PasswordProblem),
@@ -113,6 +119,36 @@ pub(crate) async fn verify_password(
     with_hash_slot(app, move || password::verify(&pw, &phc)).await
 }
 
+/// Refuses roles that every gateway would refuse in a token (the same grammar, shared in
+/// `portcullis_common::claims`): storing one would lock the user out of every route.
+pub(crate) fn check_roles(roles: &[String]) -> Result<(), AccountError> {
+    first_invalid(
+        roles,
+        portcullis_common::claims::valid_role,
+        AccountError::InvalidRole,
+    )
+}
+
+/// Refuses scopes that are not RFC 6749 scope-tokens (a space would make one scope two).
+pub(crate) fn check_scopes(scopes: &[String]) -> Result<(), AccountError> {
+    first_invalid(
+        scopes,
+        portcullis_common::claims::valid_scope,
+        AccountError::InvalidScope,
+    )
+}
+
+fn first_invalid(
+    items: &[String],
+    valid: fn(&str) -> bool,
+    refusal: fn(String) -> AccountError,
+) -> Result<(), AccountError> {
+    match items.iter().find(|i| !valid(i)) {
+        Some(bad) => Err(refusal(bad.clone())),
+        None => Ok(()),
+    }
+}
+
 /// An account as the admin API and the CLI create it.
 #[derive(Debug, Default)]
 pub struct NewAccount {
@@ -145,6 +181,7 @@ pub async fn create(app: &App, new: NewAccount) -> Result<User, AccountError> {
         return Err(AccountError::NoLogin);
     }
     let email = new.email.as_deref().map(normalize_email).transpose()?;
+    check_roles(&new.roles)?;
     let hash = match new.password {
         None => None,
         Some(pw) => {
@@ -195,6 +232,7 @@ pub async fn update(app: &App, id: &str, changes: AccountChanges) -> Result<User
         user.username = Some(normalize_login(&u));
     }
     if let Some(r) = changes.roles {
+        check_roles(&r)?;
         user.roles = r;
     }
     check_metadata([&changes.app_metadata, &changes.user_metadata])?;
@@ -218,6 +256,7 @@ pub async fn update(app: &App, id: &str, changes: AccountChanges) -> Result<User
 
 /// Replaces an account's roles.
 pub async fn set_roles(app: &App, id: &str, roles: Vec<String>) -> Result<User, AccountError> {
+    check_roles(&roles)?;
     let mut user = app.store.get_user(id).await?;
     user.roles = roles;
     app.store.update_user(&user).await?;

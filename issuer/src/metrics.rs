@@ -8,6 +8,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 
+/// The `method` labels of `portcullis_issuer_logins_total`.
+const LOGIN_METHODS: [&str; 5] = ["pwd", "key", "anon", "signup", "sms"];
+
 /// The issuer's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -85,6 +88,25 @@ impl Metrics {
         registry.register(Box::new(sms_sends.clone()))?;
         registry.register(Box::new(sms_verifications.clone()))?;
         registry.register(Box::new(sms_delivery.clone()))?;
+        // Every known label combination starts at 0, so the series exist from the start
+        // (a counter that appears on its first event hides that event from `rate()`).
+        for method in LOGIN_METHODS {
+            for result in ["ok", "denied"] {
+                logins.with_label_values(&[method, result]);
+            }
+        }
+        for outcome in ["rotated", "grace", "reused", "invalid"] {
+            refreshes.with_label_values(&[outcome]);
+        }
+        for kind in [
+            crate::mail::MailKind::ConfirmEmail,
+            crate::mail::MailKind::ChangeEmail,
+            crate::mail::MailKind::ResetPassword,
+        ] {
+            for outcome in ["sent", "failed"] {
+                emails.with_label_values(&[kind.as_str(), outcome]);
+            }
+        }
         Ok(Metrics {
             registry,
             logins,
@@ -95,6 +117,13 @@ impl Metrics {
             sms_verifications,
             sms_delivery,
         })
+    }
+
+    /// Counts one login attempt of `method` (one of [`LOGIN_METHODS`]).
+    pub fn login(&self, method: &str, ok: bool) {
+        self.logins
+            .with_label_values(&[method, if ok { "ok" } else { "denied" }])
+            .inc();
     }
 
     /// Text exposition.

@@ -25,6 +25,8 @@ on_both_backends!(
     refresh_rotation,
     admin_api,
     admin_patch_validates_metadata,
+    roles_and_scopes_are_validated,
+    passwords_are_unicode_normalised,
     key_rotation,
 );
 
@@ -1149,6 +1151,109 @@ fn admin_patch_validates_metadata(b: Backend) {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Roles (and API-key scopes) outside the grammar every gateway accepts are refused with 422
+/// by every way in — admin create, PATCH, PUT roles, API keys, the CLI — and nothing is
+/// stored; valid ones still work.
+fn roles_and_scopes_are_validated(b: Backend) {
+    let Some(db) = db_kind(b) else { return };
+    let dir = tempdir();
+    let iss = start_issuer(dir.path(), db, "");
+    let u = iss.create_user("roles@example.com", PW, &["staff"]);
+    let id = u["id"].as_str().unwrap().to_string();
+    let path = format!("/admin/users/{id}");
+    let mut failures = Vec::new();
+    let mut expect = |what: String, r: Resp, code: &str| {
+        if r.status != 422 || r.json()["error"] != code {
+            failures.push(format!("{what} → {} {}", r.status, r.text));
+        }
+    };
+    for bad in [
+        "",
+        "a\u{0}b",
+        "a\nb",
+        "user,admin",
+        "two words",
+        "caf\u{e9}",
+        "q\"uote",
+    ] {
+        expect(
+            format!("POST /admin/users roles [{bad:?}]"),
+            iss.admin_post(
+                "/admin/users",
+                &json!({"email": "other@example.com", "password": PW, "roles": [bad]}),
+            ),
+            "invalid_role",
+        );
+        expect(
+            format!("PATCH roles [{bad:?}]"),
+            iss.admin_patch(&path, &json!({"roles": ["ok", bad]})),
+            "invalid_role",
+        );
+        expect(
+            format!("PUT roles [{bad:?}]"),
+            send(
+                client()
+                    .put(iss.admin_url(&format!("{path}/roles")))
+                    .header("Authorization", format!("Bearer {}", iss.admin_token))
+                    .json(&json!([bad])),
+            ),
+            "invalid_role",
+        );
+        expect(
+            format!("POST /admin/api-keys roles [{bad:?}]"),
+            iss.admin_post(
+                "/admin/api-keys",
+                &json!({"subject": "svc", "roles": [bad]}),
+            ),
+            "invalid_role",
+        );
+    }
+    for bad in ["", "two words", "q\"uote", "a\tb"] {
+        expect(
+            format!("POST /admin/api-keys scopes [{bad:?}]"),
+            iss.admin_post(
+                "/admin/api-keys",
+                &json!({"subject": "svc", "scopes": [bad]}),
+            ),
+            "invalid_scope",
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Nothing was stored: the account keeps its role, no second account, no key.
+    assert_eq!(roles(&iss.admin_get(&path).json()), strs(&["staff"]));
+    assert_eq!(
+        iss.admin_get("/admin/api-keys").json()["api_keys"],
+        json!([])
+    );
+    let (code, _, err) = iss.cli(&["users", "set-roles", &id, "admin,two words"]);
+    assert_ne!(code, 0, "CLI accepted an invalid role");
+    assert!(err.contains("invalid"), "{err}");
+    assert_eq!(roles(&iss.admin_get(&path).json()), strs(&["staff"]));
+    // The grammar's own edge: printable ASCII such as ':' '/' '@' '.' passes.
+    let r = iss.admin_patch(&path, &json!({"roles": ["orders:read", "team/a@b.c"]}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(roles(&r.json()), strs(&["orders:read", "team/a@b.c"]));
+}
+
+/// NIST SP 800-63B §5.1.1.2: the same characters typed differently (decomposed accent,
+/// full-width digits, a ligature) are the same password, at sign-up and at login.
+fn passwords_are_unicode_normalised(b: Backend) {
+    let Some(db) = db_kind(b) else { return };
+    let dir = tempdir();
+    let iss = start_issuer(dir.path(), db, "");
+    let r = iss.signup(&json!({"email": "nfkc@example.com", "password": "cafe\u{301} \u{fb01}sh \u{ff11}\u{ff12}3"}));
+    assert_eq!(r.status, 201, "{}", r.text);
+    iss.password_login("nfkc@example.com", "caf\u{e9} fish 123")
+        .pair();
+    iss.password_login(
+        "nfkc@example.com",
+        "cafe\u{301} \u{fb01}sh \u{ff11}\u{ff12}3",
+    )
+    .pair();
+    iss.password_login("nfkc@example.com", "cafe fish 123")
+        .assert_error(401, Some("invalid_grant"));
 }
 
 fn key_state(iss: &IssuerProc, kid: &str) -> String {

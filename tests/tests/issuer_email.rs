@@ -492,8 +492,14 @@ fn require_confirmed_email(b: Backend) {
     let Some(iss) = start(b, dir.path(), &email_yaml(sink.port(), more)) else {
         return;
     };
-    let r = iss.signup(&json!({"email": "hank@example.com", "password": PW}));
-    assert_eq!(r.status, 201, "{}", r.text);
+    // No tokens before the address is confirmed: the account exists, the link is mailed.
+    let r = iss.signup(&json!({"email": "Hank@example.com", "password": PW}));
+    assert_eq!(r.status, 202, "{}", r.text);
+    let body = r.json();
+    assert_eq!(body["email"], "hank@example.com", "{body}");
+    assert_eq!(body["confirmation_required"], true, "{body}");
+    assert!(body["id"].is_string(), "{body}");
+    assert!(body.get("access_token").is_none() && body.get("refresh_token").is_none());
     iss.password_login("hank@example.com", PW)
         .assert_error(403, Some("email_not_confirmed"));
     // A wrong password still says only that.

@@ -248,6 +248,13 @@ impl Verifier {
         let mut scopes = string_list(claims.get("scope"), true)?;
         scopes.extend(string_list(claims.get("scp"), true)?);
         let roles = string_list(claims.get("roles"), false)?;
+        // The issuer's grammar: anything else could read as several roles at the upstream.
+        if !roles
+            .iter()
+            .all(|r| portcullis_common::claims::valid_role(r))
+        {
+            return Err(AuthError::InvalidClaim);
+        }
         let amr = string_list(claims.get("amr"), false)?;
 
         // Identity header values, in sending order, then the audiences: one buffer.
@@ -373,7 +380,7 @@ mod tests {
         let claims = serde_json::json!({
             "iss": "https://iss.test", "sub": "user-1", "aud": ["demo", "d\u{e9}mo"],
             "exp": now_secs() + 600, "iat": now_secs() - 5, "sid": "s-1", "jti": "j-1",
-            "scope": "read  write", "scp": ["admin"], "roles": ["a", "b,c"], "amr": ["pwd", "otp"],
+            "scope": "read  write", "scp": ["admin"], "roles": ["a", "b"], "amr": ["pwd", "otp"],
             "app_metadata": {"plan": "pro"}
         });
         let token = sign(&claims);
@@ -381,8 +388,7 @@ mod tests {
         assert_eq!(t.subject(), Some("user-1"));
         assert_eq!(t.audiences().collect::<Vec<_>>(), ["demo", "d\u{e9}mo"]);
         assert_eq!(t.scopes().collect::<Vec<_>>(), ["read", "write", "admin"]);
-        // A comma inside a role stays one role (the header joins with commas, lists do not).
-        assert_eq!(t.roles().collect::<Vec<_>>(), ["a", "b,c"]);
+        assert_eq!(t.roles().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(t.amr().collect::<Vec<_>>(), ["pwd", "otp"]);
         assert_eq!(t.auth_time, claims["iat"].as_u64());
         let identity: Vec<(&str, &str)> = t
@@ -396,7 +402,7 @@ mod tests {
                 ("subject", "user-1"),
                 ("issuer", "https://iss.test"),
                 ("scopes", "read write admin"),
-                ("roles", "a,b,c"),
+                ("roles", "a,b"),
                 ("session", "s-1"),
                 ("token-id", "j-1"),
                 ("method", "pwd,otp"),
@@ -407,6 +413,17 @@ mod tests {
         assert_eq!(Value::Object(parsed.clone()), claims);
         let path = ["app_metadata".to_string(), "plan".to_string()];
         assert_eq!(claim_at(&parsed, &path), Some(&Value::from("pro")));
+        // A role outside the shared grammar (common::claims) is refused: joined with commas
+        // in X-Auth-Roles, "b,admin" would read as two roles at the upstream.
+        for role in ["b,admin", "a b", "", "caf\u{e9}"] {
+            let mut bad = claims.clone();
+            bad["roles"] = serde_json::json!(["a", role]);
+            assert_eq!(
+                futures::executor::block_on(verifier.verify(&sign(&bad), &Quiet)).err(),
+                Some(AuthError::InvalidClaim),
+                "{role:?}"
+            );
+        }
         // Non-ASCII text cannot become a header value: refused, as before.
         let mut bad = claims.clone();
         bad["sub"] = Value::from("us\u{e9}r");

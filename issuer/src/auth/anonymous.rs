@@ -26,5 +26,7 @@ pub(crate) async fn sign_in(app: &App) -> Result<TokenPair, AuthError> {
             anonymous: true,
         })
         .await?;
-    sessions::start(app, &user, "anon", &[], &[]).await
+    let pair = sessions::start(app, &user, "anon", &[], &[]).await?;
+    app.metrics.login("anon", true);
+    Ok(pair)
 }

@@ -30,6 +30,8 @@ pub async fn create(app: &App, new: NewApiKey<'_>) -> Result<(ApiKey, String), A
     if new.subject.trim().is_empty() || new.subject.chars().count() > MAX_SUBJECT_LEN {
         return Err(AuthError::BadRequest("`subject` must be 1-200 characters"));
     }
+    crate::accounts::check_roles(&new.roles)?;
+    crate::accounts::check_scopes(&new.scopes)?;
     let secret = secrets::new_api_key();
     let t = now();
     let key = ApiKey {

@@ -55,19 +55,17 @@ pub(crate) async fn grant(
         .and_then(|u| u.password_hash.clone())
         .filter(|_| user.as_ref().is_some_and(|u| !u.disabled));
     let pw_for_check = pw.clone();
-    let ok = accounts::with_hash_slot(app, move || match stored {
-        Some(phc) => password::verify(&pw_for_check, &phc),
+    let verdict = accounts::with_hash_slot(app, move || match stored {
+        Some(phc) => password::check(&pw_for_check, &phc),
         None => {
             // Same work for unknown users, so timing does not reveal which accounts exist.
             password::dummy_verify(&pw_for_check, &params);
-            false
+            password::Verified::No
         }
     })
     .await?;
-    app.metrics
-        .logins
-        .with_label_values(&["pwd", if ok { "ok" } else { "denied" }])
-        .inc();
+    let ok = verdict.ok();
+    app.metrics.login("pwd", ok);
     let Some(mut user) = user.filter(|_| ok) else {
         let window = app.cfg.failure_window.as_secs() as i64;
         limits::hit(&app.store, account_key, window, now()).await?;
@@ -75,20 +73,17 @@ pub(crate) async fn grant(
         return Err(AuthError::InvalidGrant("wrong email, username or password"));
     };
     limits::reset(&app.store, account_key).await?;
-    let email_cfg = &app.cfg.email;
-    if email_cfg.enabled
-        && email_cfg.require_confirmed
-        && user.email.is_some()
-        && user.email_confirmed_at.is_none()
-    {
+    if confirmation_required(app) && user.email.is_some() && user.email_confirmed_at.is_none() {
         return Err(AuthError::EmailNotConfirmed);
     }
-    if user
-        .password_hash
-        .as_deref()
-        .is_some_and(|h| password::needs_rehash(h, &app.password))
+    if verdict == password::Verified::Legacy
+        || user
+            .password_hash
+            .as_deref()
+            .is_some_and(|h| password::needs_rehash(h, &app.password))
     {
-        // Parameters were raised since this hash was made: upgrade it now that we have the password.
+        // Parameters were raised, or the hash predates NFKC normalisation: upgrade it now
+        // that we have the password.
         let params = app.password;
         if let Ok(h) = accounts::with_hash_slot(app, move || password::hash(&pw, &params)).await? {
             user.password_hash = Some(h);
@@ -120,12 +115,31 @@ pub(crate) struct SignUp {
     pub user_metadata: Option<Value>,
 }
 
-/// Creates an account (when sign-up is enabled) and logs it in; with the email flows on, a
-/// confirmation link is mailed in the background (a delivery failure changes nothing).
-pub(crate) async fn sign_up(
-    app: &std::sync::Arc<App>,
-    req: SignUp,
-) -> Result<TokenPair, AuthError> {
+/// What a sign-up produced.
+pub(crate) enum SignedUp {
+    /// The account is logged in.
+    LoggedIn(TokenPair),
+    /// Password logins need a confirmed address first
+    /// (`email.require_confirmed_email_for_password_login`), so no tokens until then: the
+    /// link has been sent.
+    ConfirmationRequired {
+        /// The new account's id.
+        user_id: String,
+        /// Its (normalised) address, where the link went.
+        email: String,
+    },
+}
+
+/// Whether password logins wait for a confirmed address.
+fn confirmation_required(app: &App) -> bool {
+    app.cfg.email.enabled && app.cfg.email.require_confirmed
+}
+
+/// Creates an account (when sign-up is enabled) and logs it in — unless password logins
+/// require a confirmed address, where the account gets no tokens before the link is used.
+/// With the email flows on, a confirmation link is mailed in the background (a delivery
+/// failure changes nothing).
+pub(crate) async fn sign_up(app: &std::sync::Arc<App>, req: SignUp) -> Result<SignedUp, AuthError> {
     signup_enabled(app)?;
     let email = accounts::normalize_email(&req.email)?;
     accounts::check_password(app, &req.password)?;
@@ -143,10 +157,17 @@ pub(crate) async fn sign_up(
             anonymous: false,
         })
         .await?;
-    let pair = sessions::start(app, &user, "pwd", &[], &[]).await?;
     if let (true, Some(email)) = (app.cfg.email.enabled, user.email.clone()) {
         // Delivery problems are logged and counted; the account exists either way.
         email_links::send(app, MailKind::ConfirmEmail, user.id.clone(), email);
     }
-    Ok(pair)
+    if confirmation_required(app) {
+        return Ok(SignedUp::ConfirmationRequired {
+            user_id: user.id,
+            email: user.email.unwrap_or_default(),
+        });
+    }
+    let pair = sessions::start(app, &user, "pwd", &[], &[]).await?;
+    app.metrics.login("signup", true);
+    Ok(SignedUp::LoggedIn(pair))
 }

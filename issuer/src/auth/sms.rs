@@ -30,10 +30,7 @@ pub(crate) async fn verify_and_login(
         .sms_verifications
         .with_label_values(&[label])
         .inc();
-    app.metrics
-        .logins
-        .with_label_values(&["sms", if outcome.is_ok() { "ok" } else { "denied" }])
-        .inc();
+    app.metrics.login("sms", outcome.is_ok());
     let user = outcome?;
     let roles = user.roles.clone();
     sessions::start(app, &user, "sms", &[], &roles).await

@@ -1,6 +1,7 @@
 //! Password hashing (argon2id, OWASP parameters) and the password policy (NIST SP 800-63B:
 //! length limits and a blocklist, no composition rules).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::{LazyLock, Mutex};
 
@@ -8,6 +9,7 @@ use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 use super::secrets::random_bytes;
 use super::CryptoError;
@@ -76,9 +78,21 @@ fn hash_into_pooled(
     result
 }
 
-/// Hashes a password with argon2id and a fresh random 128-bit salt, as a PHC string
-/// (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`) that records its own parameters.
+/// The NFKC form of a password (NIST SP 800-63B §5.1.1.2), so that the same characters
+/// typed on two keyboards (composed "é" or "e" + combining accent, a full-width digit) are
+/// the same password. Borrowed when already normalised (every ASCII password).
+pub fn normalize(password: &str) -> Cow<'_, str> {
+    match is_nfkc_quick(password.chars()) {
+        IsNormalized::Yes => Cow::Borrowed(password),
+        _ => Cow::Owned(password.nfkc().collect()),
+    }
+}
+
+/// Hashes a password (its NFKC form) with argon2id and a fresh random 128-bit salt, as a PHC
+/// string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`) that records its own parameters.
 pub fn hash(password: &str, p: &PasswordParams) -> Result<String, CryptoError> {
+    let password = normalize(password);
+    let password = password.as_ref();
     let fail = |e: String| CryptoError::PasswordHash(e);
     let salt_bytes = random_bytes::<16>();
     let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| fail(e.to_string()))?;
@@ -98,12 +112,49 @@ pub fn hash(password: &str, p: &PasswordParams) -> Result<String, CryptoError> {
     Ok(phc.to_string())
 }
 
-/// Checks a password against a PHC string, using the parameters recorded in it.
+/// The outcome of checking a password against a stored hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// Wrong password (or an unusable hash).
+    No,
+    /// The password's NFKC form matches.
+    Yes,
+    /// The password matches as typed but not its NFKC form: a hash made before passwords
+    /// were normalised. The caller replaces it while it has the password.
+    Legacy,
+}
+
+impl Verified {
+    /// Whether the password is right.
+    pub fn ok(self) -> bool {
+        self != Verified::No
+    }
+}
+
+/// Checks a password against a PHC string: its NFKC form first, then — only when that
+/// differs — the text as typed, which is what hashes made before normalisation hold.
+pub fn check(password: &str, phc: &str) -> Verified {
+    let normal = normalize(password);
+    if verify_exact(&normal, phc) {
+        Verified::Yes
+    } else if normal != password && verify_exact(password, phc) {
+        Verified::Legacy
+    } else {
+        Verified::No
+    }
+}
+
+/// Whether `password` is right for `phc` ([`check`] without telling a legacy match apart).
+pub fn verify(password: &str, phc: &str) -> bool {
+    check(password, phc).ok()
+}
+
+/// Checks exactly these characters against a PHC string, using the parameters recorded in it.
 ///
 /// `false` for a wrong password and for an unparsable or non-argon2 hash alike: the caller
 /// answers "invalid credentials" either way. The final comparison is constant-time
 /// (`password_hash::Output`'s equality).
-pub fn verify(password: &str, phc: &str) -> bool {
+fn verify_exact(password: &str, phc: &str) -> bool {
     let Ok(parsed) = PasswordHash::new(phc) else {
         return false;
     };
@@ -169,10 +220,20 @@ pub fn dummy_verify(password: &str, p: &PasswordParams) {
         .hasher()
         .or_else(|_| PasswordParams::default().hasher())
         .unwrap_or_default();
-    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
-    // The outcome is meaningless; black_box keeps the optimiser from discarding the work.
-    let succeeded = hash_into_pooled(&hasher, password.as_bytes(), DUMMY_SALT, &mut out).is_ok();
-    std::hint::black_box((succeeded, out));
+    // As many hashes as [`check`] computes for a wrong password: two when the text is not
+    // in NFKC form, or such a password would tell existing accounts from unknown ones.
+    let rounds = if normalize(password) == password {
+        1
+    } else {
+        2
+    };
+    for _ in 0..rounds {
+        let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+        // The outcome is meaningless; black_box keeps the optimiser from discarding the work.
+        let succeeded =
+            hash_into_pooled(&hasher, password.as_bytes(), DUMMY_SALT, &mut out).is_ok();
+        std::hint::black_box((succeeded, out));
+    }
 }
 
 /// Minimum password length the policy uses when not configured.
@@ -222,11 +283,14 @@ pub fn is_common(password: &str) -> bool {
 
 /// Applies the password policy to a new password.
 ///
-/// Length is counted in Unicode scalar values (what users think of as characters), not
+/// Length is counted in Unicode scalar values of the NFKC form (what is hashed), not
 /// bytes. There are deliberately no composition rules (digits, symbols, …): NIST
 /// SP 800-63B found they lead to predictable passwords. `max_len` below [`MIN_MAX_LEN`] is
 /// raised to it.
 pub fn check_policy(password: &str, min_len: usize, max_len: usize) -> Result<(), PasswordProblem> {
+    // The policy judges what is hashed.
+    let password = normalize(password);
+    let password = password.as_ref();
     let max = max_len.max(MIN_MAX_LEN);
     let len = password.chars().count();
     if len < min_len {
@@ -321,6 +385,34 @@ mod tests {
         let again = hash("s3cret pässword", &FAST).unwrap();
         assert_ne!(phc, again);
         assert!(verify("s3cret pässword", &again));
+    }
+
+    #[test]
+    fn passwords_are_nfkc_normalised() {
+        // Composed "é" and "e" + combining acute; full-width digits and ASCII ones.
+        let phc = hash("caf\u{e9} \u{ff11}\u{ff12}\u{ff13}4567", &FAST).unwrap();
+        assert_eq!(check("cafe\u{301} 1234567", &phc), Verified::Yes);
+        assert_eq!(check("caf\u{e9} 1234567", &phc), Verified::Yes);
+        assert_eq!(check("cafe 1234567", &phc), Verified::No);
+        assert_eq!(normalize("ascii only"), Cow::Borrowed("ascii only"));
+        // A hash made before normalisation (of the text as typed) still verifies, once, as
+        // Legacy, so the login replaces it.
+        let typed = "cafe\u{301} \u{fb01}";
+        let legacy = Argon2::default()
+            .hash_password(
+                typed.as_bytes(),
+                &SaltString::encode_b64(b"0123456789abcdef").unwrap(),
+            )
+            .unwrap()
+            .to_string();
+        assert_eq!(check(typed, &legacy), Verified::Legacy);
+        assert_eq!(check("caf\u{e9} fi", &legacy), Verified::No);
+        // The policy measures the NFKC form: one ligature character is two letters.
+        assert_eq!(
+            check_policy("\u{fb01}\u{fb01}\u{fb01}x", 8, 64),
+            Err(PasswordProblem::TooShort { min: 8 })
+        );
+        assert!(check_policy("\u{fb01}\u{fb01}\u{fb01}\u{fb01}x", 8, 64).is_ok());
     }
 
     #[test]

@@ -22,8 +22,8 @@ use utoipa_axum::routes;
 
 use super::public::UserView;
 use super::responses::{
-    AdminForbidden, AdminUnauthorized, MalformedBody, NotJson, PayloadTooLarge, Unavailable,
-    UserNotFound,
+    AdminForbidden, AdminUnauthorized, InvalidRole, MalformedBody, NotJson, PayloadTooLarge,
+    Unavailable, UserNotFound,
 };
 use super::{bearer, json_body, ApiError, ErrorBody};
 use crate::accounts::{self, AccountChanges, AccountError, NewAccount};
@@ -344,7 +344,7 @@ pub(super) struct CreateUser {
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
-        (status = 422, description = "The password does not meet the policy (`weak_password`)", body = ErrorBody),
+        (status = 422, description = "The password does not meet the policy (`weak_password`), or a role is invalid (`invalid_role`)", body = ErrorBody),
         (status = 503, response = Unavailable),
     )
 )]
@@ -434,6 +434,7 @@ pub(super) struct UpdateUser {
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
+        (status = 422, response = InvalidRole),
         (status = 503, response = Unavailable),
     )
 )]
@@ -471,6 +472,7 @@ async fn update_user(
         (status = 404, response = UserNotFound),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
+        (status = 422, response = InvalidRole),
         (status = 503, response = Unavailable),
     )
 )]
@@ -612,6 +614,7 @@ pub(super) struct CreateApiKey {
         (status = 403, response = AdminForbidden),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
+        (status = 422, response = InvalidRole),
         (status = 503, response = Unavailable),
     )
 )]

@@ -19,6 +19,12 @@ impl From<AccountError> for ApiError {
             AccountError::WeakPassword(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "weak_password", text)
             }
+            AccountError::InvalidRole(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_role", text)
+            }
+            AccountError::InvalidScope(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_scope", text)
+            }
             AccountError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", text)
             }

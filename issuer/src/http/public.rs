@@ -22,7 +22,8 @@ use super::responses::{
 };
 use super::{bearer, json_body, ApiError, ClientIp, ErrorBody};
 use crate::app::App;
-use crate::auth::{self, password::SignUp, profile::ProfileChanges, sessions::LogoutBy, TokenPair};
+use crate::auth::password::{SignUp, SignedUp};
+use crate::auth::{self, profile::ProfileChanges, sessions::LogoutBy, TokenPair};
 use crate::store::User;
 
 /// The public routes with their documentation, those of the email flows, SMS login and the
@@ -430,7 +431,19 @@ pub(super) struct SignupBody {
     user_metadata: Option<Value>,
 }
 
-/// Creates an account (when sign-up is enabled) and logs it in.
+/// A sign-up whose address must be confirmed before the first password login.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SignupPending {
+    /// The new account's id.
+    pub id: String,
+    /// Where the confirmation link was sent (lower-cased).
+    pub email: String,
+    /// Always `true`: no tokens until the link is used and the user logs in.
+    pub confirmation_required: bool,
+}
+
+/// Creates an account (when sign-up is enabled) and logs it in, or — when
+/// `email.require_confirmed_email_for_password_login` is on — answers 202 without tokens.
 ///
 /// With the email flows enabled, a confirmation link is mailed to the address (in the
 /// background: a delivery failure does not change the answer).
@@ -441,6 +454,7 @@ pub(super) struct SignupBody {
     request_body(content = SignupBody, content_type = "application/json"),
     responses(
         (status = 201, description = "The account is created and logged in", body = TokenPair),
+        (status = 202, description = "The account is created; confirmed email is required before a password login, so no tokens: the link was mailed", body = SignupPending),
         (status = 400, description = "Malformed body or invalid email address", body = ErrorBody),
         (status = 403, description = "Sign-up is disabled (`disabled`)", body = ErrorBody),
         (status = 409, description = "The email or username is taken (`conflict`)", body = ErrorBody),
@@ -454,10 +468,10 @@ async fn signup(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<TokenPair>), ApiError> {
+) -> Result<Response, ApiError> {
     auth::password::signup_enabled(&app)?;
     let b: SignupBody = json_body(&headers, &body)?;
-    let pair = auth::password::sign_up(
+    let outcome = auth::password::sign_up(
         &app,
         SignUp {
             email: b.email,
@@ -467,7 +481,18 @@ async fn signup(
         },
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(pair)))
+    Ok(match outcome {
+        SignedUp::LoggedIn(pair) => (StatusCode::CREATED, Json(pair)).into_response(),
+        SignedUp::ConfirmationRequired { user_id, email } => (
+            StatusCode::ACCEPTED,
+            Json(SignupPending {
+                id: user_id,
+                email,
+                confirmation_required: true,
+            }),
+        )
+            .into_response(),
+    })
 }
 
 /// A user as the API shows it (never the password hash).

@@ -61,3 +61,7 @@ pub(crate) struct EmailDisabled(ErrorBody);
 /// No valid API key or admin token (`invalid_client`)
 #[derive(ToResponse)]
 pub(crate) struct InvalidClient(ErrorBody);
+
+/// A role or scope outside the grammar every gateway accepts (`invalid_role`, `invalid_scope`)
+#[derive(ToResponse)]
+pub(crate) struct InvalidRole(ErrorBody);
