@@ -69,7 +69,7 @@ curl -fsS "http://127.0.0.1:$pub/readyz" >/dev/null || { cat "$dir/issuer.log"; 
 # it yields also reach /v1/users/me and the resend of the confirmation link.
 user_id=$("$bin" -c "$dir/config/issuer.yaml" users add --email fuzz@example.com --username fuzz-user \
   --password "fuzz-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')")
-key_out=$("$bin" -c "$dir/config/issuer.yaml" api-keys create --subject "$user_id" --roles admin --scopes "read write")
+key_out=$("$bin" -c "$dir/config/issuer.yaml" api-keys create --subject "$user_id" --roles admin --scopes read,write)
 PC_API_KEY=$(awk '/^api key:/ {print $3}' <<<"$key_out")
 PC_CLIENT_ID=$(awk '/^id:/ {print $2}' <<<"$key_out")
 PC_ADMIN_TOKEN=$(cat "$dir/data/secrets/admin-token")

@@ -66,6 +66,7 @@ use super::{admin, operations, public, responses};
         responses::AdminUnauthorized,
         responses::AdminForbidden,
         responses::UserNotFound,
+        responses::InvalidRole,
     )),
     modifiers(&SecuritySchemes),
     tags(
