@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use portcullis_issuer::accounts::{self, AccountError, NewAccount};
 use portcullis_issuer::app::App;
 use portcullis_issuer::auth::api_key::{self, NewApiKey};
+use portcullis_issuer::auth::clients::Permission;
 use portcullis_issuer::config::IssuerConfig;
 use portcullis_issuer::crypto::secrets;
 use portcullis_issuer::signing_keys;
@@ -93,6 +94,10 @@ enum ApiKeysCmd {
         scopes: String,
         #[arg(long, default_value = "")]
         roles: String,
+        /// What it may do beyond logging in, comma-separated: `introspect`, `revoke` (any
+        /// token at /oauth/introspect, /oauth/revoke; without them only its own).
+        #[arg(long, value_delimiter = ',', value_parser = permission)]
+        permissions: Vec<Permission>,
         /// Lifetime in seconds.
         #[arg(long)]
         expires_in: Option<i64>,
@@ -109,6 +114,14 @@ enum KeysCmd {
     List,
     /// Publish a new key; it signs after the publish lead time.
     Rotate,
+}
+
+/// Parses one name of `--permissions`.
+fn permission(name: &str) -> Result<Permission, String> {
+    Permission::parse(name.trim()).ok_or_else(|| {
+        let known: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+        format!("unknown permission {name:?} (known: {})", known.join(", "))
+    })
 }
 
 fn list(s: &str) -> Vec<String> {
@@ -185,6 +198,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     name,
                     scopes,
                     roles,
+                    permissions,
                     expires_in,
                 } => {
                     let new = NewApiKey {
@@ -192,6 +206,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         name: &name,
                         scopes: list(&scopes),
                         roles: list(&roles),
+                        permissions,
                         expires_in,
                     };
                     let (key, secret) = api_key::create(&app, new).await?;
@@ -208,12 +223,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             "active"
                         };
                         println!(
-                            "{}\t{}\t{}\t{}\t{}",
+                            "{}\t{}\t{}\t{}\t{}\tpermissions={}",
                             k.id,
                             k.prefix,
                             k.subject,
                             k.scopes.join(" "),
-                            state
+                            state,
+                            k.permissions.join(",")
                         );
                     }
                 }
@@ -272,6 +288,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 name: "demo",
                 scopes: vec!["orders:read".into()],
                 roles: vec!["service".into()],
+                permissions: Vec::new(),
                 expires_in: None,
             };
             let (_, key) = api_key::create(&app, new).await?;

@@ -8,7 +8,7 @@ use crate::crypto::{secrets, CryptoError};
 use crate::store::{Session, User};
 
 /// Claims a caller can never set through metadata: they are the token's meaning.
-pub const RESERVED_CLAIMS: [&str; 14] = [
+pub const RESERVED_CLAIMS: [&str; 15] = [
     "iss",
     "sub",
     "aud",
@@ -23,6 +23,7 @@ pub const RESERVED_CLAIMS: [&str; 14] = [
     "auth_time",
     "typ",
     "azp",
+    "client_id",
 ];
 
 /// Why an access token was refused (one answer for every reason: no oracle).
@@ -66,6 +67,8 @@ pub(crate) fn mint(
         "roles": roles,
         "amr": session.amr,
         "auth_time": session.created_at,
+        // RFC 9068 §2.2: the client the token was issued to.
+        "client_id": crate::auth::clients::client_id_of(app, session),
     });
     if let Value::Object(r) = registered {
         claims.extend(r);

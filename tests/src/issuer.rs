@@ -203,8 +203,14 @@ pub fn write_issuer_config(dir: &Path, opts: &IssuerOptions) -> IssuerConfigFile
 /// Writes the config (see [`IssuerOptions`]) as `dir/<name>.yaml` and starts the issuer.
 pub fn start_issuer_with(dir: &Path, opts: IssuerOptions) -> IssuerProc {
     let cfg = write_issuer_config(dir, &opts);
+    start_issuer_config(dir, &opts.name, cfg)
+}
+
+/// Starts an issuer named `name` (log file names) on a config file already written, whose
+/// facts `cfg` gives, in `dir`, and waits for `/healthz`.
+pub fn start_issuer_config(dir: &Path, name: &str, cfg: IssuerConfigFile) -> IssuerProc {
     let mut iss = IssuerProc {
-        proc: spawn_issuer(&opts.name, &cfg.path, dir),
+        proc: spawn_issuer(name, &cfg.path, dir),
         port: cfg.port,
         admin_port: cfg.admin_port,
         config: cfg.path,
@@ -212,7 +218,7 @@ pub fn start_issuer_with(dir: &Path, opts: IssuerOptions) -> IssuerProc {
         issuer: cfg.issuer,
         admin_token: String::new(),
         database_url: cfg.database_url,
-        name: opts.name,
+        name: name.to_string(),
     };
     iss.wait_healthy();
     iss.admin_token = std::fs::read_to_string(cfg.secrets_dir.join("admin-token"))

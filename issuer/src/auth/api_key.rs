@@ -1,6 +1,7 @@
 //! API keys: creating them (admin API, CLI), checking them (constant time), and logging in
 //! with one (`amr: ["key"]`, bound to the key's subject, scopes and roles).
 
+use super::clients::Permission;
 use super::sessions::{self, TokenPair};
 use super::AuthError;
 use crate::app::{now, App};
@@ -20,6 +21,8 @@ pub struct NewApiKey<'a> {
     pub scopes: Vec<String>,
     /// Roles granted to its tokens.
     pub roles: Vec<String>,
+    /// What it may do beyond logging in.
+    pub permissions: Vec<Permission>,
     /// Lifetime in seconds (`None`: no expiry).
     pub expires_in: Option<i64>,
 }
@@ -42,6 +45,7 @@ pub async fn create(app: &App, new: NewApiKey<'_>) -> Result<(ApiKey, String), A
         name: new.name.to_string(),
         scopes: new.scopes,
         roles: new.roles,
+        permissions: permission_names(&new.permissions),
         // Saturating: a lifetime near i64::MAX means "never", not an overflow.
         expires_at: new.expires_in.map(|s| t.saturating_add(s.max(1))),
         revoked_at: None,
@@ -50,6 +54,15 @@ pub async fn create(app: &App, new: NewApiKey<'_>) -> Result<(ApiKey, String), A
     };
     app.store.create_api_key(&key).await?;
     Ok((key, secret.full))
+}
+
+/// The stored names of `permissions`, each once, in [`Permission::ALL`] order.
+fn permission_names(permissions: &[Permission]) -> Vec<String> {
+    Permission::ALL
+        .into_iter()
+        .filter(|p| permissions.contains(p))
+        .map(|p| p.as_str().to_string())
+        .collect()
 }
 
 /// The stored key for `key` when it is well-formed, matches (constant-time), and is neither
@@ -70,8 +83,22 @@ pub(crate) async fn find_valid(app: &App, key: &str) -> Result<Option<ApiKey>, S
 
 /// Exchanges an API key for a token pair bound to the key's subject, scopes and roles.
 pub(crate) async fn grant(app: &App, key: &str) -> Result<TokenPair, AuthError> {
-    let invalid = || AuthError::InvalidClient("unknown, revoked or expired API key");
-    let record = find_valid(app, key).await?.ok_or_else(invalid)?;
+    let Some(record) = find_valid(app, key).await? else {
+        app.metrics.login("key", false);
+        return Err(INVALID);
+    };
+    login(app, &record).await
+}
+
+/// Refusal of a key that does not log in (one answer for every reason: no oracle).
+const INVALID: AuthError = AuthError::InvalidClient {
+    scheme: super::clients::Scheme::ApiKey,
+    reason: "unknown, revoked or expired API key",
+};
+
+/// Logs in with a valid key `record` (see [`find_valid`]): a session of the key's client,
+/// bound to the key's subject, scopes and roles.
+pub(crate) async fn login(app: &App, record: &ApiKey) -> Result<TokenPair, AuthError> {
     // last_used_at is for humans (admin listings): refreshed at most once a minute, so a
     // client logging in in a loop does not pay one more database write per login.
     let t = now();
@@ -84,12 +111,25 @@ pub(crate) async fn grant(app: &App, key: &str) -> Result<TokenPair, AuthError> 
     // The key is bound to its subject: tokens name that subject, nothing the caller says.
     let user = match app.store.get_user(&record.subject).await {
         // A key bound to a disabled account is as dead as the account's password.
-        Ok(u) if u.disabled => return Err(invalid()),
+        Ok(u) if u.disabled => {
+            app.metrics.login("key", false);
+            return Err(INVALID);
+        }
         Ok(u) => u,
         Err(StoreError::NotFound) => sessions::service_user(&record.subject),
         Err(e) => return Err(e.into()),
     };
-    sessions::start(app, &user, "key", &record.scopes, &record.roles).await
+    let pair = sessions::start_as(
+        app,
+        Some(&record.id),
+        &user,
+        "key",
+        &record.scopes,
+        &record.roles,
+    )
+    .await?;
+    app.metrics.login("key", true);
+    Ok(pair)
 }
 
 /// Revokes an API key by id (`NotFound` when there is none).

@@ -20,9 +20,17 @@ pub enum AuthError {
     /// Wrong credentials or refresh token.
     #[error("{0}")]
     InvalidGrant(&'static str),
-    /// A bad client credential (an API key).
+    /// Client authentication failed (RFC 6749 §5.2 `invalid_client`).
+    #[error("{reason}")]
+    InvalidClient {
+        /// How the client presented its credentials: the answer's challenge.
+        scheme: super::clients::Scheme,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// An authenticated client may not use this grant (RFC 6749 §5.2 `unauthorized_client`).
     #[error("{0}")]
-    InvalidClient(&'static str),
+    UnauthorizedClient(&'static str),
     /// A missing, invalid or revoked access token, or its account is gone or disabled.
     #[error("{0}")]
     InvalidToken(&'static str),

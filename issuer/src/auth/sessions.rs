@@ -28,9 +28,23 @@ pub struct TokenPair {
 /// Longest refresh token looked up (real ones have 43 characters).
 const MAX_REFRESH_LEN: usize = 256;
 
-/// Starts a session for `user` authenticated by `amr` and returns the token pair.
+/// Starts a session of the first-party client for `user` authenticated by `amr` and returns
+/// the token pair.
 pub(crate) async fn start(
     app: &App,
+    user: &User,
+    amr: &str,
+    scopes: &[String],
+    roles: &[String],
+) -> Result<TokenPair, AuthError> {
+    start_as(app, None, user, amr, scopes, roles).await
+}
+
+/// Starts a session of OAuth client `client_id` (`None`: the first-party client, see
+/// [`Session::client_id`]) and returns the token pair.
+pub(crate) async fn start_as(
+    app: &App,
+    client_id: Option<&str>,
     user: &User,
     amr: &str,
     scopes: &[String],
@@ -48,6 +62,7 @@ pub(crate) async fn start(
         expires_at: t + app.cfg.session_lifetime.as_secs() as i64,
         revoked_at: None,
         revoked_reason: None,
+        client_id: client_id.map(str::to_string),
     };
     let refresh = secrets::random_token();
     app.store
@@ -190,19 +205,17 @@ pub(crate) async fn logout(app: &App, by: LogoutBy<'_>) -> Result<(), AuthError>
         LogoutBy::AccessToken(token) => {
             tokens::session_id(&tokens::verify(app, token)?).to_string()
         }
-        LogoutBy::RefreshToken(rt) => {
-            match app
-                .store
-                .find_session_by_refresh(&secrets::hash_token(rt))
-                .await
-            {
-                Ok(Some(s)) => s.id,
-                Ok(None) | Err(StoreError::NotFound) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-        }
+        LogoutBy::RefreshToken(rt) => match session_of_refresh(app, rt).await? {
+            Some(s) => s.id,
+            None => return Ok(()),
+        },
     };
-    match app.store.revoke_session(&session_id, now(), "logout").await {
+    revoke_quietly(app, &session_id, "logout").await
+}
+
+/// Revokes session `sid` with `reason`; a missing session is not an error.
+pub(crate) async fn revoke_quietly(app: &App, sid: &str, reason: &str) -> Result<(), AuthError> {
+    match app.store.revoke_session(sid, now(), reason).await {
         Ok(()) | Err(StoreError::NotFound) => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -212,8 +225,13 @@ pub(crate) async fn logout(app: &App, by: LogoutBy<'_>) -> Result<(), AuthError>
 pub(crate) enum Introspection {
     /// Invalid, unknown, spent, or its session is over.
     Inactive,
-    /// A valid access token of a live session: its claims.
-    Access(Value),
+    /// A valid access token of a live session.
+    Access {
+        /// Its claims.
+        claims: Value,
+        /// Its session.
+        session: Session,
+    },
     /// A current refresh token of a live session.
     Refresh {
         /// The session.
@@ -223,14 +241,31 @@ pub(crate) enum Introspection {
     },
 }
 
+impl Introspection {
+    /// The session of an active token.
+    pub(crate) fn session(&self) -> Option<&Session> {
+        match self {
+            Introspection::Inactive => None,
+            Introspection::Access { session, .. } | Introspection::Refresh { session, .. } => {
+                Some(session)
+            }
+        }
+    }
+}
+
 /// Introspects an access token or a refresh token.
 pub(crate) async fn introspect(app: &App, token: &str) -> Result<Introspection, AuthError> {
     // An access token: signature, expiry, and its session still alive.
     if let Ok(claims) = tokens::verify(app, token) {
-        if !is_alive(app, tokens::session_id(&claims)).await {
-            return Ok(Introspection::Inactive);
-        }
-        return Ok(Introspection::Access(claims));
+        return Ok(
+            match app.store.get_session(tokens::session_id(&claims)).await {
+                Ok(session) if session.revoked_at.is_none() => {
+                    Introspection::Access { claims, session }
+                }
+                Ok(_) | Err(StoreError::NotFound) => Introspection::Inactive,
+                Err(e) => return Err(e.into()),
+            },
+        );
     }
     // A refresh token: current (not rotated) and its session alive.
     let Some(rt) = app
@@ -252,27 +287,28 @@ pub(crate) async fn introspect(app: &App, token: &str) -> Result<Introspection, 
     }
 }
 
-/// Revokes the whole session of an access token or a refresh token (RFC 7009, reason
-/// `revoked`); unknown tokens are not an error.
-pub(crate) async fn revoke_token(app: &App, token: &str) -> Result<(), AuthError> {
-    let session = match tokens::verify(app, token) {
-        Ok(claims) => claims
-            .get("sid")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        Err(_) => app
-            .store
-            .find_session_by_refresh(&secrets::hash_token(token))
-            .await?
-            .map(|s| s.id),
-    };
-    if let Some(sid) = session {
-        match app.store.revoke_session(&sid, now(), "revoked").await {
-            Ok(()) | Err(StoreError::NotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
+/// The session a refresh token (current or rotated) belongs to, whatever its state.
+pub(crate) async fn session_of_refresh(
+    app: &App,
+    refresh: &str,
+) -> Result<Option<Session>, AuthError> {
+    Ok(app
+        .store
+        .find_session_by_refresh(&secrets::hash_token(refresh))
+        .await?)
+}
+
+/// The session of a valid access token or of a refresh token (current or rotated), whatever
+/// the session's state; `None` for anything else (RFC 7009 revocation).
+pub(crate) async fn session_of_token(app: &App, token: &str) -> Result<Option<Session>, AuthError> {
+    match tokens::verify(app, token) {
+        Ok(claims) => match app.store.get_session(tokens::session_id(&claims)).await {
+            Ok(s) => Ok(Some(s)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        },
+        Err(_) => session_of_refresh(app, token).await,
     }
-    Ok(())
 }
 
 /// Revokes one session by id with `reason` (`NotFound` when there is none).

@@ -1,6 +1,7 @@
 //! `config/issuer.yaml`: the file format and its validated, compiled form.
 
 pub mod email;
+pub mod oauth;
 pub mod proxies;
 pub mod sms;
 pub(crate) mod units;
@@ -47,6 +48,8 @@ struct FileFormat {
     #[serde(default)]
     email: crate::config::email::EmailFile,
     sms: Option<crate::config::sms::SmsFile>,
+    #[serde(default)]
+    oauth: crate::config::oauth::OAuthFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +154,8 @@ pub struct IssuerConfig {
     pub email: crate::config::email::EmailConfig,
     /// SMS one-time-code login (`sms:`; absent: off).
     pub sms: Option<crate::config::sms::SmsConfig>,
+    /// OAuth clients (`oauth:`).
+    pub oauth: crate::config::oauth::OAuthConfig,
 }
 
 impl IssuerConfig {
@@ -317,6 +322,7 @@ impl IssuerConfig {
                 None => None,
                 Some(s) => Some(s.compile(&file, &dir)?),
             },
+            oauth: f.oauth.compile(&file)?,
         })
     }
 }

@@ -30,7 +30,7 @@ use crate::accounts::{self, AccountChanges, AccountError, NewAccount};
 use crate::app::App;
 use crate::auth;
 use crate::auth::api_key::NewApiKey;
-use crate::crypto::secrets;
+use crate::auth::clients::Permission;
 use crate::store::{ApiKey, Session, SigningKey};
 use crate::{signing_keys, tokens};
 
@@ -67,7 +67,7 @@ pub(super) async fn require_admin(
     if token.is_empty() {
         return Err(denied());
     }
-    if !secrets::constant_time_eq(&secrets::hash_token(token), &app.admin_token_hash) {
+    if !auth::clients::is_admin_token(&app, token) {
         let claims = tokens::verify(&app, token).map_err(|_| denied())?;
         let is_admin = claims
             .get("roles")
@@ -158,6 +158,9 @@ pub struct ApiKeyView {
     pub scopes: Vec<String>,
     /// Roles granted to its tokens.
     pub roles: Vec<String>,
+    /// What it may do beyond logging in: `introspect`, `revoke` (any token, not only its
+    /// own).
+    pub permissions: Vec<String>,
     /// Expiry (seconds since the epoch).
     #[schema(required = true)]
     pub expires_at: Option<i64>,
@@ -190,6 +193,7 @@ impl From<ApiKey> for ApiKeyView {
             name: k.name,
             scopes: k.scopes,
             roles: k.roles,
+            permissions: k.permissions,
             expires_at: k.expires_at,
             revoked_at: k.revoked_at,
             last_used_at: k.last_used_at,
@@ -594,6 +598,11 @@ pub(super) struct CreateApiKey {
     /// Roles granted to its tokens.
     #[serde(default)]
     roles: Vec<String>,
+    /// What it may do beyond logging in as its own OAuth client: `introspect` and `revoke`
+    /// any token at `/oauth/introspect` and `/oauth/revoke` (without them, only the tokens
+    /// of its own sessions).
+    #[serde(default)]
+    permissions: Vec<Permission>,
     /// Lifetime in seconds (None: no expiry).
     #[serde(default, deserialize_with = "super::optional_integer")]
     #[schema(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
@@ -629,6 +638,7 @@ async fn create_api_key(
         name: b.name.as_deref().unwrap_or(""),
         scopes: b.scopes,
         roles: b.roles,
+        permissions: b.permissions,
         expires_in: b.expires_in,
     };
     let (key, secret) = auth::api_key::create(&app, new).await?;

@@ -1,10 +1,11 @@
 //! Domain errors to answers: one mapping per error enum, each keeping the status, code,
 //! description and headers the API has always answered with.
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 
 use super::ApiError;
 use crate::accounts::AccountError;
+use crate::auth::clients::Scheme;
 use crate::auth::AuthError;
 use crate::signing_keys::KeyError;
 use crate::sms::{StartError, VerifyError};
@@ -44,7 +45,10 @@ impl From<AuthError> for ApiError {
             AuthError::BadRequest(_) => ApiError::bad_request(text),
             AuthError::TooMany { retry_after } => ApiError::too_many(retry_after),
             AuthError::InvalidGrant(_) => ApiError::unauthorized("invalid_grant", text),
-            AuthError::InvalidClient(_) => ApiError::unauthorized("invalid_client", text),
+            AuthError::InvalidClient { scheme, .. } => invalid_client(scheme, text),
+            AuthError::UnauthorizedClient(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "unauthorized_client", text)
+            }
             AuthError::InvalidToken(_) => ApiError::unauthorized("invalid_token", text),
             AuthError::EmailNotConfirmed => {
                 ApiError::new(StatusCode::FORBIDDEN, "email_not_confirmed", text)
@@ -62,6 +66,23 @@ impl From<AuthError> for ApiError {
             AuthError::Crypto(e) => e.into(),
         }
     }
+}
+
+/// 401 `invalid_client` challenging with the scheme the client used (RFC 6749 §5.2); a
+/// client that authenticated in the form (or not at all) is told about Basic, the scheme
+/// this issuer prefers.
+fn invalid_client(scheme: Scheme, text: String) -> ApiError {
+    let challenge = match scheme {
+        Scheme::Basic | Scheme::Form => "Basic",
+        Scheme::ApiKey => "ApiKey",
+        Scheme::Bearer => "Bearer",
+    };
+    let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_client", text);
+    e.headers.push((
+        header::WWW_AUTHENTICATE,
+        format!("{challenge} realm=\"{}\"", super::REALM),
+    ));
+    e
 }
 
 impl From<StartError> for ApiError {
@@ -119,8 +140,6 @@ impl From<KeyError> for ApiError {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::{header, StatusCode};
-
     use super::*;
     use crate::store::LinkRefusal;
 
@@ -139,6 +158,30 @@ mod tests {
         assert_eq!(e.status, StatusCode::UNAUTHORIZED);
         assert_eq!(e.description, "wrong email, username or password");
         assert!(e.headers.iter().any(|(n, _)| n == header::WWW_AUTHENTICATE));
+    }
+
+    #[test]
+    fn invalid_client_challenges_with_the_scheme_used() {
+        for (scheme, challenge) in [
+            (Scheme::Basic, "Basic realm=\"portcullis-issuer\""),
+            (Scheme::Form, "Basic realm=\"portcullis-issuer\""),
+            (Scheme::ApiKey, "ApiKey realm=\"portcullis-issuer\""),
+            (Scheme::Bearer, "Bearer realm=\"portcullis-issuer\""),
+        ] {
+            let e = ApiError::from(AuthError::InvalidClient {
+                scheme,
+                reason: "no",
+            });
+            assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+            assert_eq!(e.code, "invalid_client");
+            let got: Vec<&str> = e
+                .headers
+                .iter()
+                .filter(|(n, _)| n == header::WWW_AUTHENTICATE)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(got, [challenge], "{scheme:?}");
+        }
     }
 
     #[test]

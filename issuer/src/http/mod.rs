@@ -26,13 +26,16 @@ use serde::{Deserialize, Serialize};
 #[schema(example = json!({"error": "invalid_request", "error_description": "malformed JSON body: expected value at line 1 column 1"}))]
 pub struct ErrorBody {
     /// Machine-readable code: `invalid_request`, `invalid_grant`, `invalid_client`,
-    /// `invalid_token`, `unsupported_grant_type`, `weak_password`, `disabled`, `forbidden`,
-    /// `not_found`, `method_not_allowed`, `conflict`, `too_many_requests`, `unavailable`,
-    /// `server_error`, `email_not_confirmed`.
+    /// `unauthorized_client`, `invalid_token`, `unsupported_grant_type`, `weak_password`,
+    /// `disabled`, `forbidden`, `not_found`, `method_not_allowed`, `conflict`,
+    /// `too_many_requests`, `unavailable`, `server_error`, `email_not_confirmed`.
     pub error: String,
     /// Human-readable explanation (never contains secrets).
     pub error_description: String,
 }
+
+/// The `realm` of every `WWW-Authenticate` challenge of the issuer.
+pub(crate) const REALM: &str = "portcullis-issuer";
 
 /// An error answer: `{"error", "error_description"}` with the right status.
 #[derive(Debug)]
@@ -68,7 +71,7 @@ impl ApiError {
         let mut e = Self::new(StatusCode::UNAUTHORIZED, code, description);
         e.headers.push((
             header::WWW_AUTHENTICATE,
-            "Bearer realm=\"portcullis-issuer\"".into(),
+            format!("Bearer realm=\"{REALM}\""),
         ));
         e
     }

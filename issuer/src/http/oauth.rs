@@ -1,9 +1,11 @@
 //! OAuth 2.0 endpoints for clients that speak the standard: `/oauth/token` (RFC 6749 grants
-//! `password`, `refresh_token`, `client_credentials` with an API key as the client secret),
-//! `/oauth/introspect` (RFC 7662) and `/oauth/revoke` (RFC 7009).
+//! `password`, `refresh_token`, `client_credentials`), `/oauth/introspect` (RFC 7662) and
+//! `/oauth/revoke` (RFC 7009).
 //!
-//! Each form body is read into its `*Form` type, the same type the OpenAPI document
-//! ([`super::openapi`]) describes.
+//! Clients (the first-party public client, API keys as confidential clients) and the rules
+//! of these endpoints live in [`crate::auth::clients`]; this module reads the requests and
+//! writes the answers. Each form body is read into its `*Form` type, the same type the
+//! OpenAPI document ([`super::openapi`]) describes.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,7 +14,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -24,10 +25,10 @@ use utoipa_axum::routes;
 use super::responses::{InvalidClient, NotForm, PayloadTooLarge, TooManyRequests, Unavailable};
 use super::{ApiError, ClientIp, ErrorBody};
 use crate::app::App;
+use crate::auth::clients::{self, AuthHeader, Credentials, Grant};
 use crate::auth::sessions::Introspection as Found;
-use crate::auth::{self, TokenPair};
+use crate::auth::TokenPair;
 use crate::config::DEFAULT_PASSWORD_MAX;
-use crate::crypto::secrets;
 
 /// The OAuth routes with their documentation (merged into the public ones).
 pub(super) fn routes() -> OpenApiRouter<Arc<App>> {
@@ -68,21 +69,33 @@ fn form<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, Api
     })
 }
 
-/// `client_secret` from HTTP Basic or the form.
-fn client_secret(headers: &HeaderMap, form_secret: Option<&str>) -> Option<String> {
-    let basic = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(s, _)| s.eq_ignore_ascii_case("basic"))
-        .and_then(|(_, b)| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .and_then(|t| t.split_once(':').map(|(_, secret)| secret.to_string()));
-    basic.or_else(|| form_secret.map(str::to_string))
+/// The client credentials of a request: its `Authorization` header (Basic, `ApiKey`, or
+/// the admin token as `Bearer`) and the form's `client_id` / `client_secret`; what they are
+/// worth is decided by [`clients`].
+fn credentials(
+    headers: &HeaderMap,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+) -> Credentials {
+    let header = if headers.get(header::AUTHORIZATION).is_none() {
+        AuthHeader::Absent
+    } else if let Some((client_id, secret)) = super::public::basic_credentials(headers) {
+        // RFC 6749 §2.3.1 form-encodes both before Basic; client ids and API keys are
+        // unreserved characters only, which that encoding leaves as they are, so reading
+        // them raw also accepts clients that skip it (authlib does).
+        AuthHeader::Basic { client_id, secret }
+    } else if let Some(key) = super::public::api_key_header(headers) {
+        AuthHeader::ApiKey(key)
+    } else if let Some(token) = super::bearer(headers) {
+        AuthHeader::Bearer(token.to_string())
+    } else {
+        AuthHeader::Unusable
+    };
+    Credentials {
+        header,
+        client_id,
+        client_secret,
+    }
 }
 
 /// The `/oauth/token` form (`application/x-www-form-urlencoded`). Parameters must not repeat.
@@ -100,10 +113,10 @@ pub struct TokenForm {
     pub password: Option<String>,
     /// `refresh_token` grant: the refresh token to rotate.
     pub refresh_token: Option<String>,
-    /// Accepted and ignored (the API key names its subject).
+    /// The client: the first-party client's id (`none`), or an API key's id with
+    /// `client_secret` (`client_secret_post`).
     pub client_id: Option<String>,
-    /// `client_credentials` grant: the API key (`client_secret_post`), unless sent with
-    /// HTTP Basic.
+    /// An API key (`client_secret_post`), unless sent with HTTP Basic.
     pub client_secret: Option<String>,
 }
 
@@ -115,12 +128,23 @@ impl utoipa::PartialSchema for TokenForm {
 
 impl ToSchema for TokenForm {}
 
+/// Description of the form's `client_id` (token, introspection and revocation forms).
+const CLIENT_ID_DOC: &str =
+    "The client: the first-party client's id (`oauth.first_party_client_id`, \
+     no secret), or an API key's id. Optional with HTTP Basic, where it must repeat the Basic \
+     client id.";
+
+/// Description of the form's `client_secret`.
+const CLIENT_SECRET_DOC: &str =
+    "An API key, the secret of the client whose id it is (`client_secret_post`); not together \
+     with an `Authorization` header.";
+
 /// One object per grant (`oneOf`, told apart by `grant_type`), each requiring what that
 /// grant needs: the handler answers 400 `invalid_request` without it.
 fn token_form_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     let client = serde_json::json!({
-        "client_id": {"type": "string", "description": "Accepted and ignored (the API key names its subject)."},
-        "client_secret": {"type": "string", "description": "The API key (`client_secret_post`), unless sent with HTTP Basic."},
+        "client_id": {"type": "string", "description": CLIENT_ID_DOC},
+        "client_secret": {"type": "string", "description": CLIENT_SECRET_DOC},
     });
     let grant = |name: &str, required: &[&str], own: Value, description: &str| {
         let mut properties = client.clone();
@@ -147,12 +171,12 @@ fn token_form_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema
                              "description": "Email or username (not blank)."},
                 "password": {"type": "string", "minLength": 1, "maxLength": DEFAULT_PASSWORD_MAX,
                              "description": "The password (at most `password.max_length` characters, 128 by default)."},
-            }), "RFC 6749 §4.3: a login and its password."),
+            }), "RFC 6749 §4.3: a login and its password, for the first-party client."),
             grant("refresh_token", &["refresh_token"], serde_json::json!({
                 "refresh_token": {"type": "string", "description": "The refresh token to rotate."},
-            }), "RFC 6749 §6: rotates a refresh token."),
+            }), "RFC 6749 §6: rotates a refresh token (of the authenticated client's session, when a client authenticates)."),
             grant("client_credentials", &[], serde_json::json!({}),
-                  "RFC 6749 §4.4: the API key as the client secret (HTTP Basic or `client_secret`)."),
+                  "RFC 6749 §4.4: an API key's login, the key authenticating as its client (HTTP Basic or `client_secret`)."),
         ],
     });
     serde_json::from_value(schema).expect("the token form schema is a schema")
@@ -167,8 +191,12 @@ pub struct IntrospectForm {
     /// Accepted and ignored: both kinds are tried.
     #[schema(nullable = false)]
     pub token_type_hint: Option<String>,
-    /// The caller's API key, unless sent with HTTP Basic, `Authorization: ApiKey`, or the
-    /// admin token is used.
+    /// The calling client's id: an API key's id (optional with HTTP Basic, where it must
+    /// repeat the Basic client id).
+    #[schema(nullable = false)]
+    pub client_id: Option<String>,
+    /// The caller's API key (`client_secret_post`), unless sent with HTTP Basic,
+    /// `Authorization: ApiKey`, or the admin token is used.
     #[schema(nullable = false)]
     pub client_secret: Option<String>,
 }
@@ -182,23 +210,34 @@ pub struct RevokeForm {
     /// Accepted and ignored: both kinds are tried.
     #[schema(nullable = false)]
     pub token_type_hint: Option<String>,
-    /// The caller's API key, unless sent with HTTP Basic, `Authorization: ApiKey`, or the
-    /// admin token is used.
+    /// The calling client's id: the first-party client's id alone (`none`), or an API key's
+    /// id (optional with HTTP Basic, where it must repeat the Basic client id).
+    #[schema(nullable = false)]
+    pub client_id: Option<String>,
+    /// The caller's API key (`client_secret_post`), unless sent with HTTP Basic,
+    /// `Authorization: ApiKey`, or the admin token is used.
     #[schema(nullable = false)]
     pub client_secret: Option<String>,
 }
 
-/// The introspection answer (RFC 7662 §2.2). Inactive or unknown tokens answer only
-/// `{"active": false}`; an active access token answers all its claims (also `aud`, `scope`,
-/// `roles`, `amr`, `jti`, ... and custom ones) plus `active` and `token_type`.
+/// The introspection answer (RFC 7662 §2.2). Inactive or unknown tokens, and tokens the
+/// caller may not see, answer only `{"active": false}`. An active access token answers all
+/// its claims (also `aud`, `scope`, `roles`, `amr`, `jti`, ... and custom ones) plus `active`
+/// and `token_type: "Bearer"`; an active refresh token answers `active`, `client_id`, `sub`,
+/// `sid`, `iss`, `exp` and `iat`, without `token_type` (it is not an access token).
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct Introspection {
-    /// Whether the token is valid and its session alive.
+    /// Whether the token is valid, its session alive, and the caller may see it.
     pub active: bool,
-    /// `access_token` or `refresh_token` (active tokens only).
+    /// `Bearer`, the OAuth type of an access token (RFC 6749 §7.1); absent for a refresh
+    /// token.
     #[schema(nullable = false)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_type: Option<String>,
+    /// The client the token was issued to.
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     /// Subject.
     #[schema(nullable = false)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -231,6 +270,7 @@ impl Introspection {
         Introspection {
             active: false,
             token_type: None,
+            client_id: None,
             sub: None,
             sid: None,
             iss: None,
@@ -239,14 +279,58 @@ impl Introspection {
             claims: Map::new(),
         }
     }
+
+    /// The answer for what introspection found.
+    fn of(app: &App, found: Found) -> Result<Self, ApiError> {
+        Ok(match found {
+            Found::Inactive => Introspection::inactive(),
+            Found::Access { claims, session } => {
+                let mut claims = match claims {
+                    Value::Object(map) => map,
+                    _ => Map::new(),
+                };
+                // The answer's own members win over claims of the same name; the session
+                // names the client also for tokens minted before they carried `client_id`.
+                claims.insert("active".into(), Value::Bool(true));
+                claims.insert("token_type".into(), "Bearer".into());
+                claims.insert(
+                    "client_id".into(),
+                    clients::client_id_of(app, &session).into(),
+                );
+                // The registered claims of this issuer's tokens have the types declared above.
+                serde_json::from_value(Value::Object(claims)).map_err(|e| {
+                    tracing::error!("introspection of a verified token: {e}");
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "server_error",
+                        "the request could not be completed",
+                    )
+                })?
+            }
+            Found::Refresh { session, issued_at } => Introspection {
+                active: true,
+                token_type: None,
+                client_id: Some(clients::client_id_of(app, &session).to_string()),
+                sub: Some(session.user_id),
+                sid: Some(session.id),
+                iss: Some(app.cfg.issuer.clone()),
+                exp: Some(session.expires_at),
+                iat: Some(issued_at),
+                claims: Map::new(),
+            },
+        })
+    }
 }
 
 /// OAuth 2.0 token endpoint: `password`, `refresh_token` and `client_credentials` grants.
 ///
-/// The client secret of `client_credentials` is an API key, sent with HTTP Basic
-/// (`client_secret_basic`, any client id) or in the form (`client_secret_post`).
-/// Errors use this API's statuses: bad credentials answer 401 (`invalid_grant` /
-/// `invalid_client`).
+/// Client authentication (RFC 6749 §2.3): `client_secret_basic` (HTTP Basic with an API
+/// key's id and the key, or the first-party client's id and an empty secret),
+/// `client_secret_post` (`client_id` and `client_secret` in the form), or `none` (the
+/// first-party client's `client_id` alone). Credentials that are presented must be valid
+/// whatever the grant. `password` is for the first-party client (the default when no client
+/// authenticates); `client_credentials` for an API key; `refresh_token` for the client that
+/// owns the session (or without client authentication).
 #[utoipa::path(
     post,
     path = "/oauth/token",
@@ -259,8 +343,8 @@ impl Introspection {
              ("Cache-Control" = String, description = "`no-store`"),
              ("Pragma" = String, description = "`no-cache`"),
          )),
-        (status = 400, description = "Malformed or repeated parameters, missing parameters (`invalid_request`), unknown grant (`unsupported_grant_type`), or wrong credentials / refresh token (`invalid_grant`, RFC 6749 §5.2)", body = ErrorBody),
-        (status = 401, description = "A bad client secret (`invalid_client`)", body = ErrorBody),
+        (status = 400, description = "Malformed or repeated parameters, missing parameters (`invalid_request`), unknown grant (`unsupported_grant_type`), a grant this client may not use (`unauthorized_client`), or wrong credentials / a refresh token that is unknown, spent or another client's (`invalid_grant`, RFC 6749 §5.2)", body = ErrorBody),
+        (status = 401, response = InvalidClient),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotForm),
         (status = 429, response = TooManyRequests),
@@ -286,37 +370,30 @@ async fn token(
 }
 
 async fn token_grant(
-    app: &Arc<App>,
+    app: &App,
     ip: IpAddr,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
-    let (app, headers, body) = (app.clone(), headers.clone(), body.clone());
-    let f: TokenForm = form(&headers, &body)?;
-    let pair = match f.grant_type.as_deref() {
+    let f: TokenForm = form(headers, body)?;
+    let grant = match f.grant_type.as_deref() {
         Some("password") => {
-            let (Some(user), Some(pw)) = (f.username, f.password) else {
+            let (Some(username), Some(password)) = (f.username, f.password) else {
                 return Err(ApiError::bad_request(
                     "grant_type=password needs username and password",
                 ));
             };
-            auth::password::grant(&app, &user, pw, &ip.to_string()).await?
+            Grant::Password {
+                username,
+                password,
+                ip: ip.to_string(),
+            }
         }
-        Some("refresh_token") => {
-            let rt = f
-                .refresh_token
-                .ok_or_else(|| ApiError::bad_request("refresh_token is required"))?;
-            auth::sessions::refresh(&app, &rt).await?
-        }
-        Some("client_credentials") => {
-            let secret = client_secret(&headers, f.client_secret.as_deref()).ok_or_else(|| {
-                ApiError::unauthorized(
-                    "invalid_client",
-                    "client_credentials needs the API key as client_secret",
-                )
-            })?;
-            auth::api_key::grant(&app, &secret).await?
-        }
+        Some("refresh_token") => Grant::RefreshToken(
+            f.refresh_token
+                .ok_or_else(|| ApiError::bad_request("refresh_token is required"))?,
+        ),
+        Some("client_credentials") => Grant::ClientCredentials,
         Some(_) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -326,6 +403,8 @@ async fn token_grant(
         }
         None => return Err(ApiError::bad_request("grant_type is required")),
     };
+    let creds = credentials(headers, f.client_id, f.client_secret);
+    let pair = clients::token(app, &creds, grant).await?;
     // RFC 6749 §5.1: token responses must not be cached.
     Ok((
         [
@@ -337,39 +416,10 @@ async fn token_grant(
         .into_response())
 }
 
-/// Introspection and revocation callers: the admin token, or a valid API key.
-async fn require_client(
-    app: &App,
-    headers: &HeaderMap,
-    form_secret: Option<&str>,
-) -> Result<(), ApiError> {
-    if let Some(t) = super::bearer(headers) {
-        if secrets::constant_time_eq(&secrets::hash_token(t), &app.admin_token_hash) {
-            return Ok(());
-        }
-    }
-    let key = client_secret(headers, form_secret).or_else(|| {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(s, _)| s.eq_ignore_ascii_case("apikey"))
-            .map(|(_, k)| k.trim().to_string())
-    });
-    let unauthorized = || {
-        ApiError::unauthorized(
-            "invalid_client",
-            "authenticate with an API key or the admin token",
-        )
-    };
-    let key = key.ok_or_else(unauthorized)?;
-    auth::api_key::find_valid(app, &key)
-        .await?
-        .ok_or_else(unauthorized)?;
-    Ok(())
-}
-
-/// Token introspection (RFC 7662) for authenticated clients: an API key or the admin token.
+/// Token introspection (RFC 7662) for confidential clients (API keys) and the admin token.
+///
+/// The admin token and keys with permission `introspect` see every token; other keys see
+/// the tokens of their own sessions, and anything else as `{"active": false}`.
 #[utoipa::path(
     post,
     path = "/oauth/introspect",
@@ -391,49 +441,16 @@ async fn introspect(
     body: Bytes,
 ) -> Result<Json<Introspection>, ApiError> {
     let f: IntrospectForm = form(&headers, &body)?;
-    require_client(&app, &headers, f.client_secret.as_deref()).await?;
-    let token = f
-        .token
-        .ok_or_else(|| ApiError::bad_request("token is required"))?;
-    let answer = match auth::sessions::introspect(&app, &token).await? {
-        Found::Inactive => Introspection::inactive(),
-        Found::Access(claims) => {
-            let mut claims = match claims {
-                Value::Object(map) => map,
-                _ => Map::new(),
-            };
-            // The answer's own members win over claims of the same name.
-            claims.insert("active".into(), Value::Bool(true));
-            claims.insert("token_type".into(), "access_token".into());
-            // The registered claims of this issuer's tokens have the types declared above.
-            serde_json::from_value(Value::Object(claims)).map_err(|e| {
-                tracing::error!("introspection of a verified token: {e}");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "the request could not be completed",
-                )
-            })?
-        }
-        Found::Refresh {
-            session: s,
-            issued_at,
-        } => Introspection {
-            active: true,
-            token_type: Some("refresh_token".into()),
-            sub: Some(s.user_id),
-            sid: Some(s.id),
-            iss: Some(app.cfg.issuer.clone()),
-            exp: Some(s.expires_at),
-            iat: Some(issued_at),
-            claims: Map::new(),
-        },
-    };
-    Ok(Json(answer))
+    let creds = credentials(&headers, f.client_id, f.client_secret);
+    let found = clients::introspect(&app, &creds, f.token.as_deref()).await?;
+    Ok(Json(Introspection::of(&app, found)?))
 }
 
-/// Token revocation (RFC 7009) for authenticated clients: revokes the token's whole session.
-/// Unknown tokens also answer 200.
+/// Token revocation (RFC 7009): revokes the token's whole session when the caller may.
+///
+/// A client revokes the tokens of its own sessions (the first-party client by its
+/// `client_id` alone); the admin token and keys with permission `revoke` any token.
+/// Unknown tokens and other clients' tokens also answer 200, and nothing changes.
 #[utoipa::path(
     post,
     path = "/oauth/revoke",
@@ -441,7 +458,7 @@ async fn introspect(
     request_body(content = RevokeForm, content_type = "application/x-www-form-urlencoded"),
     security(("adminToken" = []), ("apiKey" = []), ("basic" = []), ()),
     responses(
-        (status = 200, description = "Revoked, or the token was unknown (empty body)"),
+        (status = 200, description = "Revoked, or the token was unknown or another client's (empty body)"),
         (status = 400, description = "Malformed form or missing `token`", body = ErrorBody),
         (status = 401, response = InvalidClient),
         (status = 413, response = PayloadTooLarge),
@@ -455,11 +472,7 @@ async fn revoke(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let f: RevokeForm = form(&headers, &body)?;
-    require_client(&app, &headers, f.client_secret.as_deref()).await?;
-    let token = f
-        .token
-        .ok_or_else(|| ApiError::bad_request("token is required"))?;
-    auth::sessions::revoke_token(&app, &token).await?;
-    // RFC 7009 §2.2: unknown tokens are answered with 200 as well.
+    let creds = credentials(&headers, f.client_id, f.client_secret);
+    clients::revoke(&app, &creds, f.token.as_deref()).await?;
     Ok(StatusCode::OK)
 }

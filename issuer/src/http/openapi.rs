@@ -10,7 +10,7 @@
 //!
 //! Security schemes: `bearer` (an access token of this issuer), `apiKey`
 //! (`Authorization: ApiKey <key>`), `basic` (HTTP Basic: login and password on
-//! `/v1/auth/password`, client id and API key on the OAuth endpoints) in the public document;
+//! `/v1/auth/password`, client id and secret on the OAuth endpoints) in the public document;
 //! `adminToken` (the admin API token, or an access token with role `admin`) in the admin one,
 //! and in the public one for the OAuth introspection and revocation endpoints, which accept
 //! the admin token as a client credential.
@@ -115,7 +115,9 @@ impl Modify for SecuritySchemes {
                     .scheme(HttpAuthScheme::Basic)
                     .description(Some(
                         "HTTP Basic: `login:password` on `/v1/auth/password`; \
-                         `client_id:api_key` on the OAuth endpoints (`client_secret_basic`)",
+                         `client_id:client_secret` on the OAuth endpoints \
+                         (`client_secret_basic`): an API key's id and the key, or the \
+                         first-party client's id and an empty secret",
                     ))
                     .build(),
             ),

@@ -31,7 +31,8 @@ use crate::store::User;
 pub(crate) fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
         .routes(routes!(jwks))
-        .routes(routes!(discovery))
+        .routes(routes!(openid_configuration))
+        .routes(routes!(authorization_server_metadata))
         .routes(routes!(password_login))
         .routes(routes!(api_key_login))
         .routes(routes!(anonymous_login))
@@ -57,25 +58,59 @@ pub struct JwksDocument {
     pub keys: Vec<Value>,
 }
 
-/// The discovery document (a subset of OpenID Connect Discovery / RFC 8414).
+/// Authorization server metadata (RFC 8414), also served as the OpenID Connect discovery
+/// document: exactly what this issuer implements. It has no authorization endpoint (no
+/// browser flows) and issues no ID tokens, so `response_types_supported` is empty and no
+/// ID-token member is present; scopes are whatever API keys grant, so none are listed.
+/// Endpoints are URLs under `issuer`.
 #[derive(Serialize, Deserialize, ToSchema)]
-pub struct DiscoveryDocument {
+pub struct ServerMetadata {
     /// The `iss` of every token.
     pub issuer: String,
+    /// The OAuth token endpoint (`/oauth/token`).
+    pub token_endpoint: String,
     /// Where the JWKS is published.
     pub jwks_uri: String,
-    /// The OAuth token endpoint.
-    pub token_endpoint: String,
+    /// Token introspection, RFC 7662 (`/oauth/introspect`).
+    pub introspection_endpoint: String,
+    /// Token revocation, RFC 7009 (`/oauth/revoke`).
+    pub revocation_endpoint: String,
     /// `password`, `refresh_token`, `client_credentials`.
     pub grant_types_supported: Vec<String>,
-    /// `client_secret_basic`, `client_secret_post`.
+    /// `client_secret_basic`, `client_secret_post` (API keys), `none` (the first-party
+    /// client).
     pub token_endpoint_auth_methods_supported: Vec<String>,
-    /// The configured signing algorithm (`ES256`, `RS256` or `EdDSA`).
-    pub id_token_signing_alg_values_supported: Vec<String>,
-    /// `token`.
+    /// `client_secret_basic`, `client_secret_post`: introspection needs a confidential
+    /// client (or the admin token).
+    pub introspection_endpoint_auth_methods_supported: Vec<String>,
+    /// `client_secret_basic`, `client_secret_post`, `none`.
+    pub revocation_endpoint_auth_methods_supported: Vec<String>,
+    /// Empty: there is no authorization endpoint.
     pub response_types_supported: Vec<String>,
-    /// `public`.
-    pub subject_types_supported: Vec<String>,
+    /// Empty, for the same reason (omitted, RFC 8414 would mean `query` and `fragment`).
+    pub response_modes_supported: Vec<String>,
+}
+
+impl ServerMetadata {
+    /// The metadata of the issuer `iss`.
+    fn of(iss: &str) -> Self {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        let confidential = ["client_secret_basic", "client_secret_post"];
+        let any_client = ["client_secret_basic", "client_secret_post", "none"];
+        ServerMetadata {
+            issuer: iss.to_string(),
+            token_endpoint: format!("{iss}/oauth/token"),
+            jwks_uri: format!("{iss}/.well-known/jwks.json"),
+            introspection_endpoint: format!("{iss}/oauth/introspect"),
+            revocation_endpoint: format!("{iss}/oauth/revoke"),
+            grant_types_supported: strings(&["password", "refresh_token", "client_credentials"]),
+            token_endpoint_auth_methods_supported: strings(&any_client),
+            introspection_endpoint_auth_methods_supported: strings(&confidential),
+            revocation_endpoint_auth_methods_supported: strings(&any_client),
+            response_types_supported: Vec::new(),
+            response_modes_supported: Vec::new(),
+        }
+    }
 }
 
 /// The answer of the health endpoints.
@@ -135,29 +170,26 @@ async fn jwks(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-/// Issuer metadata for OAuth / OpenID Connect clients.
+/// OpenID Connect discovery: the issuer's metadata (the same document as RFC 8414's).
 #[utoipa::path(
     get,
     path = "/.well-known/openid-configuration",
     tag = "keys",
-    responses((status = 200, description = "The discovery document", body = DiscoveryDocument))
+    responses((status = 200, description = "The issuer's metadata", body = ServerMetadata))
 )]
-async fn discovery(State(app): State<Arc<App>>) -> Json<DiscoveryDocument> {
-    let iss = &app.cfg.issuer;
-    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
-    Json(DiscoveryDocument {
-        issuer: iss.clone(),
-        jwks_uri: format!("{iss}/.well-known/jwks.json"),
-        token_endpoint: format!("{iss}/oauth/token"),
-        grant_types_supported: strings(&["password", "refresh_token", "client_credentials"]),
-        token_endpoint_auth_methods_supported: strings(&[
-            "client_secret_basic",
-            "client_secret_post",
-        ]),
-        id_token_signing_alg_values_supported: vec![app.cfg.key_alg.to_string()],
-        response_types_supported: strings(&["token"]),
-        subject_types_supported: strings(&["public"]),
-    })
+async fn openid_configuration(State(app): State<Arc<App>>) -> Json<ServerMetadata> {
+    Json(ServerMetadata::of(&app.cfg.issuer))
+}
+
+/// OAuth 2.0 authorization server metadata (RFC 8414).
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-authorization-server",
+    tag = "keys",
+    responses((status = 200, description = "The issuer's metadata", body = ServerMetadata))
+)]
+async fn authorization_server_metadata(State(app): State<Arc<App>>) -> Json<ServerMetadata> {
+    Json(ServerMetadata::of(&app.cfg.issuer))
 }
 
 /// Liveness: the process answers.
@@ -211,7 +243,8 @@ pub(super) struct PasswordLogin {
     password: String,
 }
 
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+/// The user-id and password of an `Authorization: Basic` header, when it is one and decodes.
+pub(super) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = v.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -289,7 +322,7 @@ pub(super) struct ApiKeyLogin {
     responses(
         (status = 200, description = "Logged in", body = TokenPair),
         (status = 400, response = MalformedBody),
-        (status = 401, description = "Unknown, revoked or expired API key (`invalid_client`)", body = ErrorBody),
+        (status = 401, description = "Unknown, revoked or expired API key (`invalid_client`, challenge `ApiKey`)", body = ErrorBody),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = NotJson),
         (status = 503, response = Unavailable),
@@ -300,17 +333,21 @@ async fn api_key_login(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenPair>, ApiError> {
-    let from_header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(s, _)| s.eq_ignore_ascii_case("apikey"))
-        .map(|(_, k)| k.trim().to_string());
-    let key = match from_header {
+    let key = match api_key_header(&headers) {
         Some(k) => k,
         None => json_body::<ApiKeyLogin>(&headers, &body)?.api_key,
     };
     Ok(Json(auth::api_key::grant(&app, &key).await?))
+}
+
+/// The key of an `Authorization: ApiKey <key>` header.
+pub(super) fn api_key_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("apikey"))
+        .map(|(_, k)| k.trim().to_string())
 }
 
 /// Creates an anonymous user and logs it in (`amr: ["anon"]`).

@@ -58,8 +58,14 @@ pub(crate) struct UserNotFound(ErrorBody);
 #[derive(ToResponse)]
 pub(crate) struct EmailDisabled(ErrorBody);
 
-/// No valid API key or admin token (`invalid_client`)
+/// Client authentication failed, or none was presented (`invalid_client`)
 #[derive(ToResponse)]
+#[response(headers((
+    "WWW-Authenticate" = String,
+    description = "The scheme the client used (`Basic`, `ApiKey`, or `Bearer` for the admin \
+                   token), with `realm=\"portcullis-issuer\"`; `Basic` when the credentials \
+                   were in the form or missing"
+)))]
 pub(crate) struct InvalidClient(ErrorBody);
 
 /// A role or scope outside the grammar every gateway accepts (`invalid_role`, `invalid_scope`)

@@ -25,6 +25,9 @@ pub struct ApiKey {
     pub scopes: Vec<String>,
     /// Roles granted to tokens issued for this key.
     pub roles: Vec<String>,
+    /// What the key may do beyond logging in (`introspect`, `revoke`: any token, not only
+    /// its own); the store keeps the names, `auth::clients` gives them meaning.
+    pub permissions: Vec<String>,
     /// After this time the key no longer logs in.
     pub expires_at: Option<i64>,
     /// When it was revoked.
@@ -46,6 +49,7 @@ impl fmt::Debug for ApiKey {
             .field("name", &self.name)
             .field("scopes", &self.scopes)
             .field("roles", &self.roles)
+            .field("permissions", &self.permissions)
             .field("expires_at", &self.expires_at)
             .field("revoked_at", &self.revoked_at)
             .field("last_used_at", &self.last_used_at)
@@ -56,7 +60,7 @@ impl fmt::Debug for ApiKey {
 
 /// Columns in the order [`api_key_from_row`] reads them.
 const API_KEY_COLUMNS: &str = "id, prefix, hash, subject, name, scopes, roles, expires_at, \
-     revoked_at, last_used_at, created_at";
+     revoked_at, last_used_at, created_at, permissions";
 
 fn api_key_from_row(row: &AnyRow) -> Result<ApiKey, StoreError> {
     Ok(ApiKey {
@@ -71,6 +75,7 @@ fn api_key_from_row(row: &AnyRow) -> Result<ApiKey, StoreError> {
         revoked_at: row.try_get(8)?,
         last_used_at: row.try_get(9)?,
         created_at: row.try_get(10)?,
+        permissions: decode_list(&row.try_get::<String, _>(11)?, "api_keys.permissions")?,
     })
 }
 
@@ -80,7 +85,7 @@ impl Store {
     pub async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         sqlx::query(&format!(
             "INSERT INTO api_keys ({API_KEY_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ))
         .bind(&key.id)
         .bind(&key.prefix)
@@ -93,6 +98,7 @@ impl Store {
         .bind(key.revoked_at)
         .bind(key.last_used_at)
         .bind(key.created_at)
+        .bind(encode_list(&key.permissions)?)
         .execute(&self.writer)
         .await?;
         Ok(())

@@ -37,6 +37,10 @@ pub struct Session {
     pub revoked_at: Option<i64>,
     /// Why it was revoked.
     pub revoked_reason: Option<String>,
+    /// The OAuth client that opened it: an API key's id, or `None` for the first-party
+    /// client (whose id is configuration, and which sessions from before the column
+    /// existed belong to).
+    pub client_id: Option<String>,
 }
 
 /// A stored refresh token (by hash), as [`Store::find_refresh_token`] reports it.
@@ -78,16 +82,16 @@ pub enum RotateOutcome {
 }
 
 /// Columns in the order [`session_from_row`] reads them.
-pub(super) const SESSION_COLUMNS: &str =
-    "id, user_id, amr, created_at, last_used_at, expires_at, revoked_at, revoked_reason, scopes, roles";
+pub(super) const SESSION_COLUMNS: &str = "id, user_id, amr, created_at, last_used_at, \
+     expires_at, revoked_at, revoked_reason, scopes, roles, client_id";
 
 /// [`SESSION_COLUMNS`] of a query where `sessions` is aliased `s`.
 pub(super) const SESSION_COLUMNS_OF_S: &str =
     "s.id, s.user_id, s.amr, s.created_at, s.last_used_at, \
-     s.expires_at, s.revoked_at, s.revoked_reason, s.scopes, s.roles";
+     s.expires_at, s.revoked_at, s.revoked_reason, s.scopes, s.roles, s.client_id";
 
 /// How many columns [`session_from_row`] reads; the index of the first column after them.
-pub(super) const SESSION_COLUMN_COUNT: usize = 10;
+pub(super) const SESSION_COLUMN_COUNT: usize = 11;
 
 pub(super) fn session_from_row(row: &AnyRow) -> Result<Session, StoreError> {
     Ok(Session {
@@ -101,6 +105,7 @@ pub(super) fn session_from_row(row: &AnyRow) -> Result<Session, StoreError> {
         revoked_reason: row.try_get(7)?,
         scopes: decode_list(&row.try_get::<String, _>(8)?, "sessions.scopes")?,
         roles: decode_list(&row.try_get::<String, _>(9)?, "sessions.roles")?,
+        client_id: row.try_get(10)?,
     })
 }
 
@@ -145,7 +150,8 @@ pub(super) async fn create_session_in(
     first_refresh_hash: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(&format!(
-        "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        "INSERT INTO sessions ({SESSION_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
     ))
     .bind(&session.id)
     .bind(&session.user_id)
@@ -157,6 +163,7 @@ pub(super) async fn create_session_in(
     .bind(session.revoked_reason.as_deref())
     .bind(encode_list(&session.scopes)?)
     .bind(encode_list(&session.roles)?)
+    .bind(session.client_id.as_deref())
     .execute(&mut **tx)
     .await?;
     sqlx::query("INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES ($1, $2, $3)")

@@ -105,6 +105,8 @@ fn new_session(id: &str, user_id: &str, now: i64) -> Session {
         expires_at: now + 30 * 86_400,
         revoked_at: None,
         revoked_reason: None,
+        // Round-trips through the column migration 0005 added.
+        client_id: Some("client-of-the-test".into()),
     }
 }
 
@@ -117,6 +119,7 @@ fn api_key(id: &str, prefix: &str, subject: &str, created_at: i64) -> ApiKey {
         name: format!("key {id}"),
         scopes: vec!["read".into(), "write".into()],
         roles: vec!["service".into()],
+        permissions: vec!["introspect".into()],
         expires_at: Some(created_at + 3600),
         revoked_at: None,
         last_used_at: None,
