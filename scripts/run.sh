@@ -33,8 +33,8 @@ cat <<TXT
 Portcullis is running:
   gateway        http://127.0.0.1:8080   https://127.0.0.1:8443 (self-signed dev cert)
   gateway admin  http://127.0.0.1:9901/healthz  /readyz  /metrics
-  issuer         http://127.0.0.1:8081 (public API; also through the gateway at /auth/)
-  issuer admin   http://127.0.0.1:8082 (token in data/secrets/admin-token)
+  issuer         http://127.0.0.1:8081 (public API, /openapi.json; also through the gateway at /auth/)
+  issuer admin   http://127.0.0.1:8082 (admin API, token in data/secrets/admin-token; /metrics, /openapi.json)
   demo upstream  http://127.0.0.1:9000 (echoes the request it receives)
 
 Demo accounts (data/secrets/demo.txt):

@@ -1,8 +1,9 @@
 //! Prometheus metrics (`/metrics` on the admin listener) and the request log.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -134,9 +135,14 @@ impl Metrics {
     }
 }
 
-/// Sets `X-Request-Id` (kept when the gateway sent a sane one), echoes it, and writes one
-/// JSON access-log line per request.
-pub async fn request_log(mut req: Request, next: Next) -> Response {
+/// Sets `X-Request-Id` (kept when the gateway sent a sane one), echoes it, counts the answer
+/// in `portcullis_issuer_requests_total{status}`, and writes one JSON access-log line per
+/// request.
+pub async fn request_log(
+    State(app): State<Arc<crate::app::App>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let id = req
         .headers()
@@ -152,6 +158,10 @@ pub async fn request_log(mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let mut resp = next.run(req).await;
     resp.headers_mut().insert("x-request-id", id.clone());
+    app.metrics
+        .requests
+        .with_label_values(&[resp.status().as_str()])
+        .inc();
     tracing::info!(
         target: "access",
         request_id = id.to_str().unwrap_or("-"),

@@ -272,6 +272,17 @@ fn metrics_are_well_formed_from_the_start() {
         issuer.contains("portcullis_issuer_logins_total{method=\"pwd\",result=\"denied\"} 0"),
         "{issuer}"
     );
+    // Answers are counted (the first scrape was one).
+    let again = page(
+        format!("http://127.0.0.1:{}/metrics", s.issuer_admin),
+        Some(&s.admin_token),
+    );
+    assert!(
+        again
+            .lines()
+            .any(|l| l.starts_with("portcullis_issuer_requests_total{status=\"200\"}")),
+        "{again}"
+    );
     for (service, page, types) in [
         ("gateway", &gateway, &gateway_types),
         ("issuer", &issuer, &issuer_types),

@@ -311,10 +311,13 @@ pub fn public_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(app)
+        .with_state(app.clone())
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(axum::middleware::from_fn(json_413))
-        .layer(axum::middleware::from_fn(crate::metrics::request_log))
+        .layer(axum::middleware::from_fn_with_state(
+            app,
+            crate::metrics::request_log,
+        ))
 }
 
 /// What the admin listener serves, with the same layers as [`public_app`]: `/metrics` and
@@ -332,11 +335,14 @@ pub fn admin_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
         .with_state(app.clone());
     let (open, _) = operations::routes().split_for_parts();
     open.method_not_allowed_fallback(method_not_allowed)
-        .with_state(app)
+        .with_state(app.clone())
         .fallback_service(guarded)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(axum::middleware::from_fn(json_413))
-        .layer(axum::middleware::from_fn(crate::metrics::request_log))
+        .layer(axum::middleware::from_fn_with_state(
+            app,
+            crate::metrics::request_log,
+        ))
 }
 
 #[cfg(test)]

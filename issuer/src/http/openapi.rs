@@ -303,6 +303,7 @@ static ADMIN_DOCUMENT: LazyLock<String> = LazyLock::new(|| {
         .expect("the admin OpenAPI document serializes")
 });
 
+/// A prebuilt document as the answer.
 fn json(text: &'static str) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
