@@ -68,12 +68,20 @@ pub(crate) fn mint(
         "amr": session.amr,
         "auth_time": session.created_at,
         // RFC 9068 §2.2: the client the token was issued to.
-        "client_id": crate::auth::clients::client_id_of(app, session),
+        "client_id": client_id_of(app, session),
     });
     if let Value::Object(r) = registered {
         claims.extend(r);
     }
     app.keys.view().signer.sign(&Value::Object(claims))
+}
+
+/// The `client_id` of the client that opened `session` (see [`Session::client_id`]).
+pub(crate) fn client_id_of<'a>(app: &'a App, session: &'a Session) -> &'a str {
+    session
+        .client_id
+        .as_deref()
+        .unwrap_or(&app.cfg.oauth.first_party_client_id)
 }
 
 /// Claims of a valid access token from this issuer (signature, expiry, type, issuer).

@@ -183,14 +183,6 @@ impl Caller {
     }
 }
 
-/// The `client_id` of the client that opened `session` (see [`Session::client_id`]).
-pub(crate) fn client_id_of<'a>(app: &'a App, session: &'a Session) -> &'a str {
-    session
-        .client_id
-        .as_deref()
-        .unwrap_or(&app.cfg.oauth.first_party_client_id)
-}
-
 /// Whether `token` is the admin API token (constant time).
 pub(crate) fn is_admin_token(app: &App, token: &str) -> bool {
     secrets::constant_time_eq(&secrets::hash_token(token), &app.admin_token_hash)
@@ -306,7 +298,9 @@ pub(crate) async fn token(
     creds: &Credentials,
     grant: Grant,
 ) -> Result<TokenPair, AuthError> {
-    limits::token_endpoint(app, &creds.ip).await?;
+    // `limits.token`: every grant counts, before the grant's own budgets.
+    let per_ip = app.cfg.limits.token.per_ip;
+    limits::take(&app.store, &[(LimitKey::TokenIp(&creds.ip), per_ip)]).await?;
     let client = authenticate(app, creds).await?;
     match grant {
         Grant::Password {

@@ -6,9 +6,9 @@
 use std::fmt;
 
 use super::AuthError;
-use crate::app::{now, App};
 pub use crate::config::limits::Budget;
 use crate::store::{LimitCheck, Store, StoreError};
+use portcullis_common::time::unix_now as now;
 
 /// One counter of the `limits` table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,13 +176,6 @@ pub(crate) async fn count(
         }
     }
     Ok(())
-}
-
-/// Counts one request from `ip` at the OAuth token endpoint (`limits.token`: every grant,
-/// before the grant's own budgets).
-pub(crate) async fn token_endpoint(app: &App, ip: &str) -> Result<(), AuthError> {
-    let per_ip = app.cfg.limits.token.per_ip;
-    take(&app.store, &[(LimitKey::TokenIp(ip), per_ip)]).await
 }
 
 #[cfg(test)]

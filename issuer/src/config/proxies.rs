@@ -1,7 +1,7 @@
 //! `trusted_proxies`: the peers whose forwarding headers (`X-Forwarded-For`, `X-Real-IP`) the
 //! issuer believes. Written as CIDRs or bare addresses (`[127.0.0.1/32, "::1", 10.0.0.0/8]`);
 //! absent or empty trusts nobody, so the peer address is the client. How the client address is
-//! then worked out is [`crate::client_addr`].
+//! then worked out is `client_addr`.
 
 use std::net::IpAddr;
 

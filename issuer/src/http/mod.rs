@@ -12,11 +12,13 @@ pub mod oauth;
 pub mod openapi;
 mod operations;
 pub mod public;
+mod request_log;
 mod responses;
 pub mod sms;
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -268,6 +270,31 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
+/// The user-id and password of an `Authorization: Basic` header, when it is one and decodes.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// The key of an `Authorization: ApiKey <key>` header.
+fn api_key_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("apikey"))
+        .map(|(_, k)| k.trim().to_string())
+}
+
 /// JSON 404 for unknown paths (axum's default is an empty body).
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -316,7 +343,7 @@ pub fn public_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
         .layer(axum::middleware::from_fn(json_413))
         .layer(axum::middleware::from_fn_with_state(
             app,
-            crate::metrics::request_log,
+            request_log::request_log,
         ))
 }
 
@@ -341,7 +368,7 @@ pub fn admin_app(app: std::sync::Arc<crate::app::App>) -> axum::Router {
         .layer(axum::middleware::from_fn(json_413))
         .layer(axum::middleware::from_fn_with_state(
             app,
-            crate::metrics::request_log,
+            request_log::request_log,
         ))
 }
 

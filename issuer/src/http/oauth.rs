@@ -80,12 +80,12 @@ fn credentials(
 ) -> Credentials {
     let header = if headers.get(header::AUTHORIZATION).is_none() {
         AuthHeader::Absent
-    } else if let Some((client_id, secret)) = super::public::basic_credentials(headers) {
+    } else if let Some((client_id, secret)) = super::basic_credentials(headers) {
         // RFC 6749 §2.3.1 form-encodes both before Basic; client ids and API keys are
         // unreserved characters only, which that encoding leaves as they are, so reading
         // them raw also accepts clients that skip it (authlib does).
         AuthHeader::Basic { client_id, secret }
-    } else if let Some(key) = super::public::api_key_header(headers) {
+    } else if let Some(key) = super::api_key_header(headers) {
         AuthHeader::ApiKey(key)
     } else if let Some(token) = super::bearer(headers) {
         AuthHeader::Bearer(token.to_string())
@@ -297,7 +297,7 @@ impl Introspection {
                 claims.insert("token_type".into(), "Bearer".into());
                 claims.insert(
                     "client_id".into(),
-                    clients::client_id_of(app, &session).into(),
+                    crate::tokens::client_id_of(app, &session).into(),
                 );
                 // The registered claims of this issuer's tokens have the types declared above.
                 serde_json::from_value(Value::Object(claims)).map_err(|e| {
@@ -312,7 +312,7 @@ impl Introspection {
             Found::Refresh { session, issued_at } => Introspection {
                 active: true,
                 token_type: None,
-                client_id: Some(clients::client_id_of(app, &session).to_string()),
+                client_id: Some(crate::tokens::client_id_of(app, &session).to_string()),
                 sub: Some(session.user_id),
                 sid: Some(session.id),
                 iss: Some(app.cfg.issuer.clone()),

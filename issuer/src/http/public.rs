@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -243,21 +242,6 @@ pub(super) struct PasswordLogin {
     password: String,
 }
 
-/// The user-id and password of an `Authorization: Basic` header, when it is one and decodes.
-pub(super) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, rest) = v.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let (u, p) = text.split_once(':')?;
-    Some((u.to_string(), p.to_string()))
-}
-
 /// Logs in with a login (email or username) and a password.
 ///
 /// Credentials come from HTTP Basic (`login:password`) when present, else from the JSON body.
@@ -286,7 +270,7 @@ async fn password_login(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenPair>, ApiError> {
-    let (login, pw) = match basic_credentials(&headers) {
+    let (login, pw) = match super::basic_credentials(&headers) {
         Some(c) => c,
         None => {
             let b: PasswordLogin = json_body(&headers, &body)?;
@@ -335,22 +319,12 @@ async fn api_key_login(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenPair>, ApiError> {
-    let key = match api_key_header(&headers) {
+    let key = match super::api_key_header(&headers) {
         Some(k) => k,
         None => json_body::<ApiKeyLogin>(&headers, &body)?.api_key,
     };
     let ip = ip.to_string();
     Ok(Json(auth::api_key::grant(&app, &key, &ip).await?))
-}
-
-/// The key of an `Authorization: ApiKey <key>` header.
-pub(super) fn api_key_header(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(s, _)| s.eq_ignore_ascii_case("apikey"))
-        .map(|(_, k)| k.trim().to_string())
 }
 
 /// Creates an anonymous user and logs it in (`amr: ["anon"]`).
