@@ -65,6 +65,20 @@ pub fn client_addr(peer: IpAddr, trusted: &TrustedProxies, headers: &HeaderMap) 
     client
 }
 
+/// The address a client's per-IP budgets count against: an IPv4 address as it is, an IPv6
+/// address by its /64 network. One IPv6 subscriber (a home, a VM, a phone) gets a whole /64
+/// and can pick any address in it, so counting single addresses would give it 2^64 budgets;
+/// a /64 is what one IPv4 address is (RFC 6177, RFC 7421).
+pub fn budget_addr(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let net = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(net.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// One forwarded address: `a.b.c.d`, an IPv6 address bare or in brackets, or either with a
 /// port; `None` for anything else.
 fn parse_entry(entry: &str) -> Option<IpAddr> {
@@ -110,6 +124,24 @@ mod tests {
     }
 
     const PROXIES: &[&str] = &["127.0.0.1/32", "::1/128", "10.0.0.0/8"];
+
+    #[test]
+    fn ipv6_budgets_count_per_64() {
+        assert_eq!(budget_addr(ip("198.51.100.7")), ip("198.51.100.7"));
+        assert_eq!(budget_addr(ip("::ffff:198.51.100.7")), ip("198.51.100.7"));
+        assert_eq!(
+            budget_addr(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            budget_addr(ip("2001:db8:1:2::1")),
+            budget_addr(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            budget_addr(ip("2001:db8:1:2::1")),
+            budget_addr(ip("2001:db8:1:3::1"))
+        );
+    }
 
     #[test]
     fn untrusted_peers_cannot_forge_an_address() {

@@ -129,6 +129,25 @@ fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
     // Nor is the proxy's own address (a request without forwarding headers).
     let r = failed_login(&url, 13, &[]);
     expect(&r, 401, "the proxy itself");
+    // An IPv6 client counts by its /64: another address of the same /64 each time does not
+    // get a fresh budget; another /64 does.
+    for i in 0..IP_BUDGET {
+        let chain = format!("2001:db8:7:7::{:x}, 10.0.0.9", i + 1);
+        let r = failed_login(&url, 20 + i, &[("X-Forwarded-For", &chain)]);
+        expect(&r, 401, "IPv6 client within its budget");
+    }
+    let r = failed_login(
+        &url,
+        30,
+        &[("X-Forwarded-For", "[2001:db8:7:7:ffff::1]:443, 10.0.0.9")],
+    );
+    expect(&r, 429, "another address of the same /64");
+    let r = failed_login(
+        &url,
+        31,
+        &[("X-Forwarded-For", "2001:db8:7:8::1, 10.0.0.9")],
+    );
+    expect(&r, 401, "another /64");
 }
 
 /// The `/admin/...` paths of an OpenAPI document.

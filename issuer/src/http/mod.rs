@@ -230,8 +230,9 @@ impl<'de> serde::de::Visitor<'de> for Integer {
 }
 
 /// The client address the per-IP budgets count against ([`crate::client_addr`]): the peer,
-/// or, when the peer is in `trusted_proxies`, what its forwarding headers say. Take it as a
-/// handler argument, `ClientIp(ip): ClientIp`. Needs the listener to be served with
+/// or, when the peer is in `trusted_proxies`, what its forwarding headers say; for IPv6 its
+/// /64 network ([`crate::client_addr::budget_addr`]). Take it as a handler argument,
+/// `ClientIp(ip): ClientIp`. Needs the listener to be served with
 /// `into_make_service_with_connect_info::<SocketAddr>()` (the public one is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub std::net::IpAddr);
@@ -255,10 +256,8 @@ impl axum::extract::FromRequestParts<std::sync::Arc<crate::app::App>> for Client
                 "the request could not be completed",
             ));
         };
-        Ok(ClientIp(crate::client_addr::client_addr(
-            peer.0.ip(),
-            &app.cfg.trusted_proxies,
-            &parts.headers,
+        Ok(ClientIp(crate::client_addr::budget_addr(
+            crate::client_addr::client_addr(peer.0.ip(), &app.cfg.trusted_proxies, &parts.headers),
         )))
     }
 }
