@@ -371,7 +371,11 @@ fn roles_amr_max_age_audiences_and_route_issuers() {
         ("roles-all-both", "/roles-all/x", json!({"roles": ["user", "admin"]}), none, 200),
         ("roles-all-user", "/roles-all/x", json!({"roles": ["user"]}), none, 403),
         ("roles-all-admin", "/roles-all/x", json!({"roles": ["admin"]}), none, 403),
-        ("roles-all-string", "/roles-all/x", json!({"roles": "admin user"}), none, 403),
+        // A string is one role; "admin user" is outside the role grammar (a space), so the
+        // token is refused outright rather than read as one odd role (common::claims).
+        ("roles-all-string", "/roles-all/x", json!({"roles": "admin user"}), none, 401),
+        ("roles-all-string-one", "/roles-all/x", json!({"roles": "admin"}), none, 403),
+        ("roles-all-comma", "/roles-all/x", json!({"roles": ["admin,user"]}), none, 401),
         ("roles-all-none", "/roles-all/x", json!({}), &["roles"], 403),
         // roles: {any: [admin, auditor]}
         ("roles-any-auditor", "/roles-any/x", json!({"roles": ["auditor"]}), none, 200),
