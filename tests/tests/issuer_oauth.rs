@@ -266,6 +266,21 @@ fn client_id_claim(b: Backend) {
         (&c["client_id"], &c["plan"]),
         (&json!("my-app"), &json!("pro"))
     );
+    // The admin API's session list names each session's client: the key's id, or null for
+    // the first-party client.
+    let r = iss.admin_get(&format!("/admin/users/{uid}/sessions"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let sessions = r.json()["sessions"].as_array().expect("sessions").clone();
+    let by_key = sessions
+        .iter()
+        .filter(|s| s["client_id"] == k.id.as_str())
+        .count();
+    let first_party = sessions.iter().filter(|s| s["client_id"].is_null()).count();
+    assert!(
+        by_key >= 2 && first_party >= 2 && by_key + first_party == sessions.len(),
+        "{}",
+        r.text
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

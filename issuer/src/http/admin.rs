@@ -122,6 +122,10 @@ pub struct SessionView {
     pub user_id: String,
     /// Authentication methods of the login (`pwd`, `sms`, `key`, `anon`).
     pub amr: Vec<String>,
+    /// The OAuth client that opened it: an API key's id, or `null` for the first-party client
+    /// (`oauth.first_party_client_id`); the `client_id` claim of its tokens.
+    #[schema(required = true)]
+    pub client_id: Option<String>,
     /// Login time (seconds since the epoch).
     pub created_at: i64,
     /// Last refresh.
@@ -208,6 +212,7 @@ impl From<Session> for SessionView {
             id: s.id,
             user_id: s.user_id,
             amr: s.amr,
+            client_id: s.client_id,
             created_at: s.created_at,
             last_used_at: s.last_used_at,
             expires_at: s.expires_at,
