@@ -25,7 +25,7 @@ use super::responses::{
     AdminForbidden, AdminUnauthorized, InvalidRole, MalformedBody, NotJson, PayloadTooLarge,
     Unavailable, UserNotFound,
 };
-use super::{bearer, json_body, ApiError, ErrorBody};
+use super::{bearer, json_body, query, ApiError, ErrorBody};
 use crate::accounts::{self, AccountChanges, AccountError, NewAccount};
 use crate::app::App;
 use crate::auth;
@@ -86,12 +86,6 @@ pub(super) async fn require_admin(
 }
 
 /// Paging of `GET /admin/users`.
-/// Parses a query string into `T`, answering bad input with the JSON error shape (axum's
-/// own `Query` rejection is plain text).
-fn query<T: serde::de::DeserializeOwned>(q: Option<String>) -> Result<T, ApiError> {
-    serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))
-}
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
