@@ -125,7 +125,10 @@ impl App {
             &cfg.database_url,
             StoreOptions {
                 sqlite_sync: cfg.sqlite_sync,
-                revocation_window: crate::revocation::relevance_window(cfg.access_ttl),
+                revocation_window: crate::revocation::relevance_window(
+                    cfg.access_ttl,
+                    cfg.revocation_feed.leeway,
+                ),
             },
         )
         .await

@@ -27,22 +27,16 @@ use tokio::sync::watch;
 use crate::crypto::secrets;
 use crate::store::{RevocationPage, Store, StoreError};
 
-/// Added to the access-token lifetime to get how long a record matters: the gateways'
-/// default `leeway` (30 s: a gateway accepts a token that long after its `exp`) plus 30 s for
-/// clocks of issuers and gateways that disagree.
-pub const CLOCK_MARGIN: i64 = 60;
-
 /// Most records in one answer; a reader that gets `more: true` reads on at once.
 pub const PAGE_SIZE: i64 = 1000;
 
 /// A waiting read looks at the database at least this often, signal or not.
 pub const RECHECK: Duration = Duration::from_secs(2);
 
-/// How long after its event a record matters, for access tokens living `access_ttl`.
-pub fn relevance_window(access_ttl: Duration) -> i64 {
-    i64::try_from(access_ttl.as_secs())
-        .unwrap_or(i64::MAX)
-        .saturating_add(CLOCK_MARGIN)
+/// How long after its event a record matters: the access tokens it affects live at most
+/// `access_ttl` more, and gateways accept them `leeway` longer (`revocation_feed.leeway`).
+pub fn relevance_window(access_ttl: Duration, leeway: Duration) -> i64 {
+    i64::try_from(access_ttl.saturating_add(leeway).as_secs()).unwrap_or(i64::MAX)
 }
 
 /// Why a read of the feed was refused.

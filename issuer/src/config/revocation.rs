@@ -5,6 +5,7 @@
 //! revocation_feed:
 //!   token_file: ../data/secrets/feed-token   # default: <secrets.dir>/feed-token
 //!   max_wait: 25s
+//!   leeway: 60s      # how long past its token's `exp` a record is kept (gateway leeway + clock skew)
 //! ```
 //!
 //! The token file is shared with the gateways (their `revocation:` credential file); the
@@ -27,6 +28,10 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(25);
 /// The longest `max_wait` accepted: a reader's HTTP client must wait at least this long.
 const MAX_MAX_WAIT: Duration = Duration::from_secs(300);
 
+/// `leeway` when the file does not set it: the gateways' default `leeway` (30 s: a gateway
+/// accepts a token that long after its `exp`) plus 30 s for clocks that disagree.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+
 /// File name of the generated feed token inside `secrets.dir`.
 pub const DEFAULT_TOKEN_FILE: &str = "feed-token";
 
@@ -36,6 +41,7 @@ pub const DEFAULT_TOKEN_FILE: &str = "feed-token";
 pub struct RevocationFeedFile {
     token_file: Option<String>,
     max_wait: Option<Spanned<String>>,
+    leeway: Option<Spanned<String>>,
 }
 
 /// The validated `revocation_feed:` section.
@@ -45,6 +51,10 @@ pub struct RevocationFeedConfig {
     pub token_file: PathBuf,
     /// Longest time a read waits for a new record before answering with none.
     pub max_wait: Duration,
+    /// A record is kept this long after the access tokens it affects have expired: at least
+    /// the largest `leeway` of the gateways reading the feed, plus the clock skew between
+    /// issuers and gateways.
+    pub leeway: Duration,
 }
 
 impl RevocationFeedFile {
@@ -75,7 +85,13 @@ impl RevocationFeedFile {
                 d
             }
         };
+        let leeway = match &self.leeway {
+            None => DEFAULT_LEEWAY,
+            Some(s) => parse_duration(&s.value)
+                .map_err(|e| ConfigError::at(file, s, format!("revocation_feed.leeway: {e}")))?,
+        };
         Ok(RevocationFeedConfig {
+            leeway,
             token_file: self
                 .token_file
                 .map(|p| dir.join(p))
@@ -101,7 +117,10 @@ mod tests {
         let c = load("secrets: {dir: s}\n").expect("empty section");
         assert!(c.revocation_feed.token_file.ends_with("s/feed-token"));
         assert_eq!(c.revocation_feed.max_wait.as_secs(), 25);
-        let c = load("revocation_feed: {token_file: t/feed, max_wait: 2s}\n").expect("valid");
+        assert_eq!(c.revocation_feed.leeway.as_secs(), 60);
+        let c = load("revocation_feed: {token_file: t/feed, max_wait: 2s, leeway: 0s}\n")
+            .expect("valid");
+        assert_eq!(c.revocation_feed.leeway.as_secs(), 0);
         assert!(c.revocation_feed.token_file.ends_with("t/feed"));
         assert_eq!(c.revocation_feed.max_wait.as_secs(), 2);
         for bad in ["0s", "301s", "1500ms", "soon"] {

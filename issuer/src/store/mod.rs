@@ -126,8 +126,8 @@ pub struct StoreOptions {
 }
 
 /// [`StoreOptions::revocation_window`] of a store opened without options (offline tools,
-/// tests): the default access-token lifetime (15 min) plus the gateways' default leeway and
-/// margin (`revocation::CLOCK_MARGIN`). The service passes its configured value.
+/// tests): the default access-token lifetime (15 min) plus the default
+/// `revocation_feed.leeway` (60 s). The service passes its configured value.
 pub const DEFAULT_REVOCATION_WINDOW: i64 = 900 + 60;
 
 impl Default for StoreOptions {

@@ -153,15 +153,16 @@ impl Store {
         })
     }
 
-    /// Deletes the records that no longer matter at `now`: the prefix of the sequence up to
-    /// the first record still relevant. Returns how many were deleted.
+    /// Deletes the records that no longer matter at `now` (`relevant_until <= now`, as
+    /// reads count them): the prefix of the sequence up to the first record still relevant.
+    /// Returns how many were deleted.
     pub async fn purge_revocations(&self, now: i64) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
         let last: i64 = sqlx::query_scalar("SELECT last_seq FROM revocation_feed WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
         let first_relevant: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(seq) FROM revocations WHERE relevant_until >= $1 AND seq <= $2",
+            "SELECT MIN(seq) FROM revocations WHERE relevant_until > $1 AND seq <= $2",
         )
         .bind(now)
         .bind(last)
