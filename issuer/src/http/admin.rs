@@ -531,7 +531,8 @@ async fn list_sessions(
     }))
 }
 
-/// Revokes every session of a user (its refresh tokens stop working).
+/// Revokes every session of a user (its refresh tokens stop working) and ends the access
+/// tokens already issued (a subject record in the revocation feed).
 #[utoipa::path(
     delete,
     path = "/admin/users/{id}/sessions",
@@ -676,7 +677,8 @@ async fn list_api_keys(
     }))
 }
 
-/// Revokes an API key.
+/// Revokes an API key and the live sessions it opened (their access tokens enter the
+/// revocation feed).
 #[utoipa::path(
     delete,
     path = "/admin/api-keys/{id}",
