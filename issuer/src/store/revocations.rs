@@ -126,6 +126,7 @@ impl Store {
             _ => (pruned, true),
         };
         let limit = limit.max(1);
+        // One row more than asked: whether more follow, without a read that would wait.
         let rows = sqlx::query(
             "SELECT seq, kind, target, not_before, relevant_until FROM revocations \
              WHERE seq > $1 AND seq <= $2 AND relevant_until > $3 ORDER BY seq LIMIT $4",
@@ -133,14 +134,15 @@ impl Store {
         .bind(from)
         .bind(last)
         .bind(now)
-        .bind(limit)
+        .bind(limit.saturating_add(1))
         .fetch_all(&self.pool)
         .await?;
+        let more = rows.len() as i64 > limit;
         let records = rows
             .iter()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
             .map(revocation_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let more = records.len() as i64 == limit;
         let next = match records.last() {
             Some(r) if more => r.seq,
             _ => last,

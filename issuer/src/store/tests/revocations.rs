@@ -215,6 +215,12 @@ async fn feed_cursor_snapshot_and_paging(store: Store) {
         .await
         .expect("read");
     assert!(!page.snapshot && !page.more && page.next == 5 && page.records.len() == 1);
+    // A page that takes exactly what is left says there is no more.
+    let page = store
+        .revocations_after(Some(3), NOW, 2)
+        .await
+        .expect("read");
+    assert!(!page.more && page.next == 5 && page.records.len() == 2);
     // Up to date: nothing, same cursor.
     let page = store
         .revocations_after(Some(5), NOW, 2)
