@@ -149,6 +149,18 @@ impl Store {
     /// revocation time; a missing key is [`StoreError::NotFound`].
     pub async fn revoke_api_key(&self, id: &str, now: i64) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
+        // Sessions before the key, as `delete_user` locks them, so that the two never wait on
+        // each other's rows (a deadlock on PostgreSQL). RETURNING: exactly the sessions this
+        // statement revoked get a record.
+        let sids: Vec<String> = sqlx::query_scalar(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+             WHERE client_id = $1 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(REASON_API_KEY_REVOKED)
+        .fetch_all(&mut *tx)
+        .await?;
         let found =
             sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
                 .bind(id)
@@ -160,17 +172,7 @@ impl Store {
             tx.rollback().await?;
             return Err(StoreError::NotFound);
         }
-        // RETURNING: exactly the sessions this statement revoked get a record, even with a
-        // login through the key committing concurrently.
-        let sids: Vec<String> = sqlx::query_scalar(
-            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
-             WHERE client_id = $1 AND revoked_at IS NULL RETURNING id",
-        )
-        .bind(id)
-        .bind(now)
-        .bind(REASON_API_KEY_REVOKED)
-        .fetch_all(&mut *tx)
-        .await?;
+        // Last: the feed's counter row stays locked until the commit (store/revocations.rs).
         self.feed_writer()
             .append(&mut tx, Append::Sessions(sids), now)
             .await?;

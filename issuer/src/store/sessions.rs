@@ -106,36 +106,12 @@ impl Store {
         reason: &str,
     ) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
-        let revoked = self
-            .revoke_subject_in(&mut tx, user_id, now, reason)
+        let revoked = revoke_sessions_of(&mut tx, user_id, now, reason).await?;
+        self.feed_writer()
+            .append(&mut tx, Append::Subject(user_id), now)
             .await?;
         tx.commit().await?;
         self.signal_revocations();
-        Ok(revoked)
-    }
-
-    /// Inside `tx`: revokes every live session of `user_id` with `reason` and appends the
-    /// subject's revocation record; returns how many sessions were revoked.
-    pub(super) async fn revoke_subject_in(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        user_id: &str,
-        now: i64,
-        reason: &str,
-    ) -> Result<u64, StoreError> {
-        let revoked = sqlx::query(
-            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
-             WHERE user_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(now)
-        .bind(reason)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-        self.feed_writer()
-            .append(tx, Append::Subject(user_id), now)
-            .await?;
         Ok(revoked)
     }
 
@@ -286,4 +262,24 @@ impl Store {
         tx.commit().await?;
         Ok(deleted)
     }
+}
+
+/// Inside `tx`: revokes every live session of `user_id` with `reason`; returns how many. The
+/// caller appends the subject's revocation record (last, see `revocations`).
+pub(super) async fn revoke_sessions_of(
+    tx: &mut Transaction<'static, Any>,
+    user_id: &str,
+    now: i64,
+    reason: &str,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+         WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(now)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
 }

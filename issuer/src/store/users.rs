@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::revocations::Append;
+use super::sessions::revoke_sessions_of;
 use super::{decode_json, decode_list, encode_list, new_id, now_secs, Store, StoreError};
 
 /// What a change of account ends, besides the change itself (see [`Store::update_user_with`]).
@@ -247,6 +248,11 @@ impl Store {
         saved.user_metadata = normalize_json(&user.user_metadata);
         saved.updated_at = now;
         let mut tx = self.begin_write().await?;
+        // Sessions before the user row, in the order `delete_user` locks them, so that the two
+        // never wait on each other's rows (a deadlock on PostgreSQL).
+        if let TokenCutoff::Sessions(reason) = cutoff {
+            revoke_sessions_of(&mut tx, &saved.id, now, reason).await?;
+        }
         let result = sqlx::query(
             "UPDATE users SET email = $2, username = $3, phone = $4, password_hash = $5, \
              roles = $6, app_metadata = $7, user_metadata = $8, anonymous = $9, \
@@ -270,20 +276,12 @@ impl Store {
             tx.rollback().await?;
             return Err(StoreError::NotFound);
         }
-        let appended = match cutoff {
-            TokenCutoff::Nothing => false,
-            TokenCutoff::Tokens => {
-                self.feed_writer()
-                    .append(&mut tx, Append::Subject(&saved.id), now)
-                    .await?;
-                true
-            }
-            TokenCutoff::Sessions(reason) => {
-                self.revoke_subject_in(&mut tx, &saved.id, now, reason)
-                    .await?;
-                true
-            }
-        };
+        let appended = cutoff != TokenCutoff::Nothing;
+        if appended {
+            self.feed_writer()
+                .append(&mut tx, Append::Subject(&saved.id), now)
+                .await?;
+        }
         tx.commit().await?;
         if appended {
             self.signal_revocations();
