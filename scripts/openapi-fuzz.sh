@@ -75,6 +75,8 @@ sms:
   min_interval: 1s
   max_sends_per_hour: 1000000
   max_verifications_per_ip_per_hour: 1000000
+revocation_feed:
+  max_wait: 1s              # a read with nothing new waits this long: keep the run short
 YAML
 "$bin" -c "$dir/config/issuer.yaml" -t
 "$bin" -c "$dir/config/issuer.yaml" >"$dir/issuer.log" 2>&1 &
@@ -94,7 +96,8 @@ key_out=$("$bin" -c "$dir/config/issuer.yaml" api-keys create --subject "$user_i
 PC_API_KEY=$(awk '/^api key:/ {print $3}' <<<"$key_out")
 PC_CLIENT_ID=$(awk '/^id:/ {print $2}' <<<"$key_out")
 PC_ADMIN_TOKEN=$(cat "$dir/data/secrets/admin-token")
-export PC_API_KEY PC_CLIENT_ID PC_ADMIN_TOKEN
+PC_FEED_TOKEN=$(cat "$dir/data/secrets/feed-token")
+export PC_API_KEY PC_CLIENT_ID PC_ADMIN_TOKEN PC_FEED_TOKEN
 export SCHEMATHESIS_HOOKS=checks PYTHONPATH="$root/scripts/openapi"
 
 checks=not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,valid_request_accepted

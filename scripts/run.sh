@@ -35,6 +35,7 @@ Portcullis is running:
   gateway admin  http://127.0.0.1:9901/healthz  /readyz  /metrics
   issuer         http://127.0.0.1:8081 (public API, /openapi.json; also through the gateway at /auth/)
   issuer admin   http://127.0.0.1:8082 (admin API, token in data/secrets/admin-token; /metrics, /openapi.json)
+  revocations    http://127.0.0.1:8081/v1/revocations (feed for gateways, token in data/secrets/feed-token)
   demo upstream  http://127.0.0.1:9000 (echoes the request it receives)
 
 Demo accounts (data/secrets/demo.txt):

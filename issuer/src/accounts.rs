@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::app::{now, App};
 use crate::crypto::password::{self, PasswordProblem};
 use crate::crypto::CryptoError;
-use crate::store::{NewUser, StoreError, User};
+use crate::store::{NewUser, StoreError, TokenCutoff, User};
 
 /// Why an account operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -231,8 +231,10 @@ pub async fn update(app: &App, id: &str, changes: AccountChanges) -> Result<User
     if let Some(u) = changes.username {
         user.username = Some(normalize_login(&u));
     }
+    let mut cutoff = TokenCutoff::Nothing;
     if let Some(r) = changes.roles {
         check_roles(&r)?;
+        cutoff = roles_cutoff(&user.roles, &r);
         user.roles = r;
     }
     check_metadata([&changes.app_metadata, &changes.user_metadata])?;
@@ -243,23 +245,32 @@ pub async fn update(app: &App, id: &str, changes: AccountChanges) -> Result<User
         user.user_metadata = m;
     }
     if let Some(d) = changes.disabled {
-        user.disabled = d;
-        if d {
-            app.store
-                .revoke_user_sessions(id, now(), "disabled")
-                .await?;
+        if d && !user.disabled {
+            cutoff = TokenCutoff::Sessions("disabled");
         }
+        user.disabled = d;
     }
-    app.store.update_user(&user).await?;
+    app.store.update_user_with(&user, cutoff, now()).await?;
     Ok(app.store.get_user(id).await?)
+}
+
+/// What replacing roles `old` by `new` ends: a removed role must not live on in tokens
+/// already issued (a subject record in the revocation feed); added roles end nothing.
+fn roles_cutoff(old: &[String], new: &[String]) -> TokenCutoff<'static> {
+    if old.iter().all(|r| new.contains(r)) {
+        TokenCutoff::Nothing
+    } else {
+        TokenCutoff::Tokens
+    }
 }
 
 /// Replaces an account's roles.
 pub async fn set_roles(app: &App, id: &str, roles: Vec<String>) -> Result<User, AccountError> {
     check_roles(&roles)?;
     let mut user = app.store.get_user(id).await?;
+    let cutoff = roles_cutoff(&user.roles, &roles);
     user.roles = roles;
-    app.store.update_user(&user).await?;
+    app.store.update_user_with(&user, cutoff, now()).await?;
     Ok(app.store.get_user(id).await?)
 }
 
@@ -268,9 +279,8 @@ pub async fn set_password(app: &App, id: &str, pw: String) -> Result<(), Account
     check_password(app, &pw)?;
     let mut user = app.store.get_user(id).await?;
     user.password_hash = Some(hash_password(app, pw).await?);
-    app.store.update_user(&user).await?;
     app.store
-        .revoke_user_sessions(id, now(), "password_reset")
+        .update_user_with(&user, TokenCutoff::Sessions("password_reset"), now())
         .await?;
     Ok(())
 }

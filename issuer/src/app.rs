@@ -34,6 +34,8 @@ pub struct App {
     pub mailer: crate::mail::Mailer,
     /// SMS one-time-code login (`None` when the `sms:` section is absent).
     pub sms: Option<crate::sms::SmsLogin>,
+    /// The revocation feed for gateways (`revocation_feed:`).
+    pub revocations: crate::revocation::Feed,
 }
 
 /// Seconds since the Unix epoch (the one clock of the issuer).
@@ -89,26 +91,23 @@ fn read_secret(path: &Path) -> Result<Option<Vec<u8>>, BuildError> {
 }
 
 /// Reads a generated secret, creating it (0600) on first start; `true` when just created.
-fn secret_file(
-    dir: &Path,
-    name: &str,
-    make: impl FnOnce() -> String,
-) -> Result<(String, bool), BuildError> {
-    let path = dir.join(name);
-    if let Some(bytes) = read_secret(&path)? {
+fn secret_file(path: &Path, make: impl FnOnce() -> String) -> Result<(String, bool), BuildError> {
+    if let Some(bytes) = read_secret(path)? {
         let text = String::from_utf8(bytes).map_err(|e| {
-            io_error("reading", &path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            io_error("reading", path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         })?;
         return Ok((text.trim().to_string(), false));
     }
-    std::fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
+    }
     let value = make();
-    std::fs::write(&path, format!("{value}\n")).map_err(io_error("writing", &path))?;
+    std::fs::write(path, format!("{value}\n")).map_err(io_error("writing", path))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(io_error("writing", &path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_error("writing", path))?;
     }
     Ok((value, true))
 }
@@ -126,17 +125,33 @@ impl App {
             &cfg.database_url,
             StoreOptions {
                 sqlite_sync: cfg.sqlite_sync,
+                revocation_window: crate::revocation::relevance_window(
+                    cfg.access_ttl,
+                    cfg.revocation_feed.leeway,
+                ),
             },
         )
         .await
         .map_err(BuildError::Database)?;
-        let (pepper, _) = secret_file(&cfg.secrets_dir, "api-key-pepper", secrets::random_token)?;
-        let (admin_token, created) =
-            secret_file(&cfg.secrets_dir, "admin-token", secrets::random_token)?;
+        let (pepper, _) = secret_file(
+            &cfg.secrets_dir.join("api-key-pepper"),
+            secrets::random_token,
+        )?;
+        let admin_token_file = cfg.secrets_dir.join("admin-token");
+        let (admin_token, created) = secret_file(&admin_token_file, secrets::random_token)?;
         if created {
             eprintln!(
                 "portcullis-issuer: created the admin API token in {}",
-                cfg.secrets_dir.join("admin-token").display()
+                admin_token_file.display()
+            );
+        }
+        // Shared with the gateways (their `revocation:` credential file).
+        let feed_token_file = &cfg.revocation_feed.token_file;
+        let (feed_token, created) = secret_file(feed_token_file, secrets::random_token)?;
+        if created {
+            eprintln!(
+                "portcullis-issuer: created the revocation feed token in {}",
+                feed_token_file.display()
             );
         }
         let kek = read_secret(&cfg.secrets_dir.join("key-encryption-key"))?
@@ -164,6 +179,7 @@ impl App {
             sms: crate::sms::SmsLogin::build(cfg.sms.as_ref(), pepper.as_bytes())
                 .map_err(BuildError::Sms)?,
             hash_slots: tokio::sync::Semaphore::new(cfg.max_concurrent_hashes),
+            revocations: crate::revocation::Feed::new(&feed_token, cfg.revocation_feed.max_wait),
             store,
             keys,
             pepper: pepper.into_bytes(),
@@ -174,8 +190,11 @@ impl App {
     }
 
     /// Starts the background tasks of a serving replica: the signing-key lifecycle (every
-    /// replica advances it idempotently and rotates on schedule) and the hourly housekeeping.
+    /// replica advances it idempotently and rotates on schedule), the hourly housekeeping
+    /// (revocation records included), and the relay of other replicas' revocation records.
     pub fn spawn_maintenance(self: &Arc<Self>) {
+        crate::revocation::spawn_listener(self.store.clone(), self.cfg.database_url.clone());
+
         let ticker = self.clone();
         tokio::spawn(async move {
             let mut last_rotation = std::time::Instant::now();

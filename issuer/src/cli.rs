@@ -46,6 +46,9 @@ pub struct Cli {
 enum Command {
     /// Apply database migrations and exit.
     Migrate,
+    /// Delete what has ended (the hourly housekeeping of the service, run now): sessions,
+    /// rate-limit windows, email links, SMS codes and messages, revocation records.
+    Purge,
     /// Manage users.
     #[command(subcommand)]
     Users(UsersCmd),
@@ -141,6 +144,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = Store::connect(&cfg.database_url).await?;
             store.migrate().await?;
             println!("migrations applied");
+            Ok(())
+        }
+        Some(Command::Purge) => {
+            let app = App::build(cfg).await?;
+            let purged = app
+                .store
+                .purge_expired(portcullis_issuer::app::now())
+                .await?;
+            println!("{purged:?}");
             Ok(())
         }
         Some(Command::Users(cmd)) => {

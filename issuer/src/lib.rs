@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod http;
 pub mod mail;
 pub mod metrics;
+pub mod revocation;
 pub mod signing_keys;
 pub mod sms;
 pub mod store;

@@ -43,7 +43,12 @@ async fn serve(app: Arc<App>) -> anyhow::Result<()> {
         app.cfg.admin_listen
     );
     app.spawn_maintenance();
-    let p = axum::serve(pl, public).with_graceful_shutdown(shutdown_signal());
+    // Waiting feed reads end with the signal, so the graceful shutdown need not wait them out.
+    let feed = app.clone();
+    let p = axum::serve(pl, public).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        feed.revocations.stop();
+    });
     let a = axum::serve(al, admin).with_graceful_shutdown(shutdown_signal());
     tokio::try_join!(async { p.await }, async { a.await })?;
     Ok(())

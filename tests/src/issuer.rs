@@ -45,6 +45,8 @@ pub enum DbKind {
     Sqlite,
     /// A `postgres://…` URL.
     Postgres(String),
+    /// Any database URL, used as is (e.g. another issuer's SQLite file, for a replica).
+    Url(String),
 }
 
 /// A database for one test on `backend`: for PostgreSQL a fresh database, or `None` (after
@@ -125,6 +127,9 @@ pub struct IssuerProc {
     pub issuer: String,
     /// The admin API token (from `secrets/admin-token`).
     pub admin_token: String,
+    /// The revocation feed credential (from `secrets/feed-token`, the default
+    /// `revocation_feed.token_file`).
+    pub feed_token: String,
     /// The database URL written into the config.
     pub database_url: String,
     name: String,
@@ -162,7 +167,7 @@ pub fn write_issuer_config(dir: &Path, opts: &IssuerOptions) -> IssuerConfigFile
     }
     let database_url = match &opts.db {
         DbKind::Sqlite => format!("sqlite://{}/db/issuer.db", dir.display()),
-        DbKind::Postgres(url) => url.clone(),
+        DbKind::Postgres(url) | DbKind::Url(url) => url.clone(),
     };
     let issuer = opts
         .issuer
@@ -217,6 +222,7 @@ pub fn start_issuer_config(dir: &Path, name: &str, cfg: IssuerConfigFile) -> Iss
         dir: dir.to_path_buf(),
         issuer: cfg.issuer,
         admin_token: String::new(),
+        feed_token: String::new(),
         database_url: cfg.database_url,
         name: name.to_string(),
     };
@@ -225,6 +231,10 @@ pub fn start_issuer_config(dir: &Path, name: &str, cfg: IssuerConfigFile) -> Iss
         .expect("read secrets/admin-token")
         .trim()
         .to_string();
+    // Absent when the config names another `revocation_feed.token_file`.
+    iss.feed_token = std::fs::read_to_string(cfg.secrets_dir.join("feed-token"))
+        .map(|t| t.trim().to_string())
+        .unwrap_or_default();
     iss
 }
 
@@ -316,6 +326,15 @@ impl IssuerProc {
 
     fn admin_auth(&self) -> String {
         format!("Bearer {}", self.admin_token)
+    }
+
+    /// `GET /v1/revocations` (`?after=` when given) with the feed credential.
+    pub fn revocations(&self, after: Option<i64>) -> Resp {
+        let query = after.map(|a| format!("?after={a}")).unwrap_or_default();
+        get_with(
+            &self.url(&format!("/v1/revocations{query}")),
+            Some(&format!("Bearer {}", self.feed_token)),
+        )
     }
 
     /// GET on the admin API with the admin token.

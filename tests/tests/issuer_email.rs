@@ -344,6 +344,12 @@ fn forgot_and_reset(b: Backend) {
         .filter(|s| s["revoked_reason"] == "password_reset")
         .count();
     assert_eq!(revoked, 2, "{sessions}");
+    // The revocation feed tells gateways: one subject record, at the reset.
+    let feed = iss.revocations(None).json();
+    let records = feed["records"].as_array().expect("records");
+    assert_eq!(records.len(), 1, "{feed}");
+    assert_eq!(records[0]["kind"], "subject", "{feed}");
+    assert_eq!(records[0]["sub"], me["id"], "{feed}");
     // The token cannot be used again.
     assert_refused(
         &reset(&iss, &token, "yet another passphrase"),

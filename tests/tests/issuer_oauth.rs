@@ -923,7 +923,7 @@ fn shipped_issuer(dir: &std::path::Path, db: DbKind) -> IssuerProc {
     let issuer = format!("http://127.0.0.1:{port}");
     let database_url = match db {
         DbKind::Sqlite => "sqlite://../data/issuer.db".to_string(),
-        DbKind::Postgres(url) => url,
+        DbKind::Postgres(url) | DbKind::Url(url) => url,
     };
     // Only the top-level lines that name ports or the database change; every relative path
     // stays relative to the config file, as with `make run`.

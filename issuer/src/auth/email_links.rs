@@ -15,7 +15,7 @@ use crate::accounts;
 use crate::app::{now, App};
 use crate::crypto::secrets;
 use crate::mail::{self, MailKind};
-use crate::store::{LinkRefusal, StoreError};
+use crate::store::{LinkRefusal, StoreError, TokenCutoff};
 
 /// Longest token accepted (real ones have 43 characters).
 const MAX_TOKEN_LEN: usize = 256;
@@ -279,10 +279,10 @@ async fn apply_reset(app: Arc<App>, hash: String, new_hash: String) -> Result<()
     if user.email_confirmed_at.is_none() && user.email.is_some() && user.email == link.email {
         user.email_confirmed_at = Some(t);
     }
-    app.store.update_user(&user).await?;
-    // Whoever knew the old password (or holds a stolen refresh token) is signed out.
+    // Whoever knew the old password (or holds a stolen refresh token) is signed out, in the
+    // same transaction as the new password.
     app.store
-        .revoke_user_sessions(&user.id, t, "password_reset")
+        .update_user_with(&user, TokenCutoff::Sessions("password_reset"), t)
         .await?;
     for login in [user.email.as_deref(), user.username.as_deref()]
         .into_iter()

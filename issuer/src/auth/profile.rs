@@ -9,7 +9,7 @@ use super::{email_links, AuthError};
 use crate::accounts;
 use crate::app::App;
 use crate::mail::MailKind;
-use crate::store::{StoreError, User};
+use crate::store::{StoreError, TokenCutoff, User};
 
 /// Changes to the caller's account; `None` leaves a field alone.
 #[derive(Debug, Default)]
@@ -55,6 +55,7 @@ pub(crate) async fn update(
             pending_link = Some((MailKind::ConfirmEmail, email));
         }
     }
+    let mut cutoff = TokenCutoff::Nothing;
     if let Some(pw) = changes.password {
         accounts::check_password(app, &pw)?;
         if let Some(current) = user.password_hash.clone() {
@@ -65,6 +66,12 @@ pub(crate) async fn update(
             if !accounts::verify_password(app, old, current).await? {
                 return Err(AuthError::InvalidGrant("the old password is wrong"));
             }
+        }
+        if user.password_hash.is_some() {
+            // A changed password ends the access tokens already issued (whoever used the old
+            // password may hold some); the sessions live on, as before, so the caller's own
+            // refresh token gets it a new access token.
+            cutoff = TokenCutoff::Tokens;
         }
         user.password_hash = Some(accounts::hash_password(app, pw).await?);
     }
@@ -78,7 +85,9 @@ pub(crate) async fn update(
     if user.anonymous && user.email.is_some() && user.password_hash.is_some() {
         user.anonymous = false;
     }
-    app.store.update_user(&user).await?;
+    app.store
+        .update_user_with(&user, cutoff, crate::app::now())
+        .await?;
     if let Some((kind, email)) = pending_link {
         email_links::send(app, kind, user.id.clone(), email);
     }

@@ -4,6 +4,7 @@ pub mod email;
 pub mod limits;
 pub mod oauth;
 pub mod proxies;
+pub mod revocation;
 pub mod sms;
 pub(crate) mod units;
 
@@ -53,6 +54,8 @@ struct FileFormat {
     limits: limits::LimitsFile,
     #[serde(default)]
     oauth: crate::config::oauth::OAuthFile,
+    #[serde(default)]
+    revocation_feed: revocation::RevocationFeedFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +164,8 @@ pub struct IssuerConfig {
     pub limits: limits::LimitsConfig,
     /// OAuth clients (`oauth:`).
     pub oauth: crate::config::oauth::OAuthConfig,
+    /// The revocation feed (`revocation_feed:`).
+    pub revocation_feed: revocation::RevocationFeedConfig,
 }
 
 impl IssuerConfig {
@@ -263,6 +268,11 @@ impl IssuerConfig {
                 parse_duration(&s.value).map_err(|e| at(s, format!("keys.rotate_every: {e}")))?,
             ),
         };
+        let secrets_dir = f
+            .secrets
+            .dir
+            .map(|d| dir.join(d))
+            .unwrap_or_else(|| dir.join("../data/secrets"));
         let email = crate::config::email::EmailConfig::compile(f.email, &file, &dir)?;
         let limits = limits::LimitsConfig::compile(f.limits, &file, email.forgot_per_email)?;
         Ok(IssuerConfig {
@@ -319,11 +329,8 @@ impl IssuerConfig {
             )?,
             signup_enabled: f.signup.enabled.unwrap_or(true),
             anonymous_enabled: f.anonymous.enabled.unwrap_or(true),
-            secrets_dir: f
-                .secrets
-                .dir
-                .map(|d| dir.join(d))
-                .unwrap_or_else(|| dir.join("../data/secrets")),
+            revocation_feed: f.revocation_feed.compile(&file, &dir, &secrets_dir)?,
+            secrets_dir,
             email,
             sms: match f.sms {
                 None => None,

@@ -25,7 +25,7 @@ use super::responses::{
     AdminForbidden, AdminUnauthorized, InvalidRole, MalformedBody, NotJson, PayloadTooLarge,
     Unavailable, UserNotFound,
 };
-use super::{bearer, json_body, ApiError, ErrorBody};
+use super::{bearer, json_body, query, ApiError, ErrorBody};
 use crate::accounts::{self, AccountChanges, AccountError, NewAccount};
 use crate::app::App;
 use crate::auth;
@@ -86,12 +86,6 @@ pub(super) async fn require_admin(
 }
 
 /// Paging of `GET /admin/users`.
-/// Parses a query string into `T`, answering bad input with the JSON error shape (axum's
-/// own `Query` rejection is plain text).
-fn query<T: serde::de::DeserializeOwned>(q: Option<String>) -> Result<T, ApiError> {
-    serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))
-}
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -542,7 +536,8 @@ async fn list_sessions(
     }))
 }
 
-/// Revokes every session of a user (its refresh tokens stop working).
+/// Revokes every session of a user (its refresh tokens stop working) and ends the access
+/// tokens already issued (a subject record in the revocation feed).
 #[utoipa::path(
     delete,
     path = "/admin/users/{id}/sessions",
@@ -687,7 +682,8 @@ async fn list_api_keys(
     }))
 }
 
-/// Revokes an API key.
+/// Revokes an API key and the live sessions it opened (their access tokens enter the
+/// revocation feed).
 #[utoipa::path(
     delete,
     path = "/admin/api-keys/{id}",

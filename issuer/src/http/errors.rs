@@ -7,6 +7,7 @@ use super::ApiError;
 use crate::accounts::AccountError;
 use crate::auth::clients::Scheme;
 use crate::auth::AuthError;
+use crate::revocation::FeedError;
 use crate::signing_keys::KeyError;
 use crate::sms::{StartError, VerifyError};
 
@@ -64,6 +65,16 @@ impl From<AuthError> for ApiError {
             AuthError::Account(e) => e.into(),
             AuthError::Store(e) => e.into(),
             AuthError::Crypto(e) => e.into(),
+        }
+    }
+}
+
+impl From<FeedError> for ApiError {
+    fn from(e: FeedError) -> Self {
+        let text = e.to_string();
+        match e {
+            FeedError::Unauthorized => ApiError::unauthorized("invalid_token", text),
+            FeedError::Store(e) => e.into(),
         }
     }
 }

@@ -14,6 +14,7 @@ mod operations;
 pub mod public;
 mod request_log;
 mod responses;
+mod revocations;
 pub mod sms;
 
 use axum::http::{header, HeaderMap, StatusCode};
@@ -139,6 +140,13 @@ impl From<crate::crypto::CryptoError> for ApiError {
             "the request could not be completed",
         )
     }
+}
+
+/// Parses a query string into `T`, answering bad input with the JSON error shape (axum's
+/// own `Query` rejection is plain text).
+pub(crate) fn query<T: DeserializeOwned>(q: Option<String>) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))
 }
 
 /// Parses a JSON body, insisting on `Content-Type: application/json`.

@@ -67,6 +67,7 @@ use super::{admin, operations, public, responses};
         responses::AdminForbidden,
         responses::UserNotFound,
         responses::InvalidRole,
+        responses::FeedUnauthorized,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -74,6 +75,7 @@ use super::{admin, operations, public, responses};
         (name = "users", description = "Sign-up, the caller's own account, email confirmation and password reset"),
         (name = "oauth", description = "OAuth 2.0: token endpoint (RFC 6749), introspection (RFC 7662), revocation (RFC 7009)"),
         (name = "keys", description = "JWKS and discovery, for token verifiers such as the gateway"),
+        (name = "revocations", description = "The revocation feed, for gateways: sessions and subjects whose access tokens are revoked before they expire. Needs the feed credential"),
         (name = "operations", description = "Health and readiness (public listener), Prometheus metrics (admin listener), and this document"),
         (name = "admin", description = "The admin API, served only on the admin listener (`admin_listen`, loopback by default). \
                                         Needs the admin token, or an access token with role `admin` whose session is active."),
@@ -118,6 +120,18 @@ impl Modify for SecuritySchemes {
                          `client_id:client_secret` on the OAuth endpoints \
                          (`client_secret_basic`): an API key's id and the key, or the \
                          first-party client's id and an empty secret",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "feedToken",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The revocation feed credential (`revocation_feed.token_file`, shared \
+                         with the gateways)",
                     ))
                     .build(),
             ),

@@ -45,6 +45,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<App>> {
         .merge(super::email::routes())
         .merge(super::sms::public_routes())
         .merge(super::oauth::routes())
+        .merge(super::revocations::routes())
 }
 
 // The handler serves the key ring's cached serialization (its ETag is computed over those

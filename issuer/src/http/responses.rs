@@ -71,3 +71,8 @@ pub(crate) struct InvalidClient(ErrorBody);
 /// A role or scope outside the grammar every gateway accepts (`invalid_role`, `invalid_scope`)
 #[derive(ToResponse)]
 pub(crate) struct InvalidRole(ErrorBody);
+
+/// No feed credential, or a wrong one (`invalid_token`)
+#[derive(ToResponse)]
+#[response(headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"portcullis-issuer\"`")))]
+pub(crate) struct FeedUnauthorized(ErrorBody);

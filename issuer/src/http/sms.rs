@@ -389,8 +389,7 @@ async fn list_messages(
     State(app): State<Arc<App>>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<SmsMessageList>, ApiError> {
-    let q: MessageQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    let q: MessageQuery = super::query(q)?;
     let phone = match q.phone.as_deref() {
         None => None,
         Some(p) => {

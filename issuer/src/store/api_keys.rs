@@ -6,7 +6,11 @@ use std::fmt;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::revocations::Append;
 use super::{decode_list, encode_list, Store, StoreError};
+
+/// Revocation reason of the sessions a revoked API key had opened.
+pub const REASON_API_KEY_REVOKED: &str = "api_key_revoked";
 
 /// A stored API key.
 #[derive(Clone, PartialEq, Eq)]
@@ -140,19 +144,41 @@ impl Store {
         rows.iter().map(api_key_from_row).collect()
     }
 
-    /// Revokes a key. Revoking twice keeps the first revocation time; a missing key is
-    /// [`StoreError::NotFound`].
+    /// Revokes a key, the live sessions it opened (reason [`REASON_API_KEY_REVOKED`]) and
+    /// appends their revocation records, in one transaction. Revoking twice keeps the first
+    /// revocation time; a missing key is [`StoreError::NotFound`].
     pub async fn revoke_api_key(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
-            .bind(id)
-            .bind(now)
-            .execute(&self.writer)
-            .await
-            .map_err(StoreError::from)
-            .and_then(|r| match r.rows_affected() {
-                0 => Err(StoreError::NotFound),
-                _ => Ok(()),
-            })
+        let mut tx = self.begin_write().await?;
+        // Sessions before the key, as `delete_user` locks them, so that the two never wait on
+        // each other's rows (a deadlock on PostgreSQL). RETURNING: exactly the sessions this
+        // statement revoked get a record.
+        let sids: Vec<String> = sqlx::query_scalar(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+             WHERE client_id = $1 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(REASON_API_KEY_REVOKED)
+        .fetch_all(&mut *tx)
+        .await?;
+        let found =
+            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if found == 0 {
+            tx.rollback().await?;
+            return Err(StoreError::NotFound);
+        }
+        // Last: the feed's counter row stays locked until the commit (store/revocations.rs).
+        self.feed_writer()
+            .append(&mut tx, Append::Sessions(sids), now)
+            .await?;
+        tx.commit().await?;
+        self.signal_revocations();
+        Ok(())
     }
 
     /// Records a successful login with the key.

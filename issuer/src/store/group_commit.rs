@@ -19,6 +19,7 @@
 use sqlx::{Any, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::revocations::FeedWriter;
 use super::session_rows::{create_session_in, rotate_refresh_locked};
 use super::{RotateOutcome, Session, Store, StoreError};
 
@@ -79,8 +80,15 @@ async fn run(store: Store, mut queue: mpsc::Receiver<Job>) {
                 continue;
             }
         };
-        match apply(tx, &group).await {
+        match apply(tx, store.feed_writer(), &group).await {
             Ok(done) => {
+                // A detected reuse appended a revocation record: wake the feed's readers.
+                if done
+                    .iter()
+                    .any(|d| matches!(d, Done::Rotated(RotateOutcome::Reused { .. })))
+                {
+                    store.signal_revocations();
+                }
                 for (job, done) in group.drain(..).zip(done) {
                     match (job, done) {
                         (Job::CreateSession { reply, .. }, Done::Created) => {
@@ -111,7 +119,11 @@ async fn run(store: Store, mut queue: mpsc::Receiver<Job>) {
 
 /// Runs a whole group in one transaction; on error everything is rolled back (the
 /// transaction is dropped uncommitted).
-async fn apply(mut tx: Transaction<'static, Any>, group: &[Job]) -> Result<Vec<Done>, StoreError> {
+async fn apply(
+    mut tx: Transaction<'static, Any>,
+    feed: FeedWriter,
+    group: &[Job],
+) -> Result<Vec<Done>, StoreError> {
     let mut done = Vec::with_capacity(group.len());
     for job in group {
         done.push(match job {
@@ -127,7 +139,8 @@ async fn apply(mut tx: Transaction<'static, Any>, group: &[Job]) -> Result<Vec<D
                 idle,
                 ..
             } => Done::Rotated(
-                rotate_refresh_locked(&mut tx, old_hash, new_hash, *now, *grace, *idle).await?,
+                rotate_refresh_locked(&mut tx, feed, old_hash, new_hash, *now, *grace, *idle)
+                    .await?,
             ),
         });
     }

@@ -1,6 +1,6 @@
 //! Deleting what has ended, so the database does not grow with every login: sessions and
 //! their refresh tokens, rate-limit windows, email link tokens, SMS codes and old SMS message
-//! records. Every replica runs [`Store::purge_expired`] periodically; the deletes are
+//! records, revocation records that no longer matter. Every replica runs [`Store::purge_expired`] periodically; the deletes are
 //! idempotent, so replicas need not coordinate.
 
 use super::{Store, StoreError};
@@ -28,12 +28,19 @@ pub struct Purged {
     pub sms_codes: u64,
     /// SMS message records.
     pub sms_messages: u64,
+    /// Revocation records no access token depends on any more.
+    pub revocations: u64,
 }
 
 impl Purged {
     /// Rows deleted in all.
     pub fn total(&self) -> u64 {
-        self.sessions + self.limits + self.email_links + self.sms_codes + self.sms_messages
+        self.sessions
+            + self.limits
+            + self.email_links
+            + self.sms_codes
+            + self.sms_messages
+            + self.revocations
     }
 }
 
@@ -48,6 +55,7 @@ impl Store {
             email_links: self.purge_email_links(spent).await?,
             sms_codes,
             sms_messages,
+            revocations: self.purge_revocations(now).await?,
         })
     }
 }

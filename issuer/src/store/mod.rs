@@ -36,6 +36,7 @@ mod group_commit;
 pub mod housekeeping;
 mod limits;
 mod links;
+mod revocations;
 mod session_rows;
 mod sessions;
 mod signing_keys;
@@ -55,14 +56,15 @@ use sqlx::pool::PoolConnectionMetadata;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Transaction};
 
-pub use api_keys::ApiKey;
+pub use api_keys::{ApiKey, REASON_API_KEY_REVOKED};
 pub use error::StoreError;
 pub use limits::LimitCheck;
 pub use links::{EmailLink, LinkRefusal};
+pub use revocations::{Revocation, RevocationKind, RevocationPage};
 pub use session_rows::{RefreshToken, RotateOutcome, Session, REASON_REFRESH_REUSE};
 pub use signing_keys::{KeyFuture, KeyTx, SigningKey, KEY_STATES};
 pub use sms::SmsMessage;
-pub use users::{NewUser, User};
+pub use users::{NewUser, TokenCutoff, User};
 
 /// What the pool hooks return (the driver's boxed-future type, spelled without futures-core).
 type HookFuture<'c> =
@@ -114,10 +116,27 @@ impl SqliteSync {
 }
 
 /// Tuning of [`Store::connect_with`].
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct StoreOptions {
     /// Durability of SQLite commits.
     pub sqlite_sync: SqliteSync,
+    /// Seconds after its event that a revocation record stays relevant (and in the feed):
+    /// the longest an access token issued before it can still be accepted.
+    pub revocation_window: i64,
+}
+
+/// [`StoreOptions::revocation_window`] of a store opened without options (offline tools,
+/// tests): the default access-token lifetime (15 min) plus the default
+/// `revocation_feed.leeway` (60 s). The service passes its configured value.
+pub const DEFAULT_REVOCATION_WINDOW: i64 = 900 + 60;
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            sqlite_sync: SqliteSync::default(),
+            revocation_window: DEFAULT_REVOCATION_WINDOW,
+        }
+    }
 }
 
 /// Handle on the issuer's database. Cheap to clone: clones share the connection pools.
@@ -131,6 +150,10 @@ pub struct Store {
     /// The group-commit queue of a SQLite file (see `group_commit`); `None` otherwise.
     group: Option<tokio::sync::mpsc::Sender<group_commit::Job>>,
     backend: Backend,
+    /// Bumped after every commit that appended revocation records (see `revocations`).
+    revocation_signal: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// See [`StoreOptions::revocation_window`].
+    revocation_window: i64,
 }
 
 /// A database URL, classified and rewritten into the form the `Any` driver should get.
@@ -303,6 +326,8 @@ impl Store {
             writer,
             group: None,
             backend: target.backend,
+            revocation_signal: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            revocation_window: opts.revocation_window,
         };
         if target.sqlite_file.is_some() {
             store.enable_wal().await?;

@@ -9,6 +9,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
+use super::revocations::{Append, FeedWriter};
 use super::{decode_list, encode_list, StoreError};
 
 /// Revocation reason recorded when a rotated refresh token is presented again.
@@ -175,13 +176,15 @@ pub(super) async fn create_session_in(
     Ok(())
 }
 
-/// Revokes session `id` because one of its rotated refresh tokens came back.
+/// Revokes session `id` because one of its rotated refresh tokens came back, and appends its
+/// revocation record (the caller signals readers after the commit).
 pub(super) async fn revoke_for_reuse(
     tx: &mut Transaction<'static, Any>,
+    feed: FeedWriter,
     id: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    let revoked = sqlx::query(
         "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
          WHERE id = $1 AND revoked_at IS NULL",
     )
@@ -189,7 +192,12 @@ pub(super) async fn revoke_for_reuse(
     .bind(now)
     .bind(REASON_REFRESH_REUSE)
     .execute(&mut **tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if revoked > 0 {
+        feed.append(tx, Append::Sessions(vec![id.to_owned()]), now)
+            .await?;
+    }
     Ok(())
 }
 
@@ -199,6 +207,7 @@ pub(super) async fn revoke_for_reuse(
 /// that changes nothing leaves the (possibly shared) transaction untouched.
 pub(super) async fn rotate_refresh_locked(
     tx: &mut Transaction<'static, Any>,
+    feed: FeedWriter,
     old_hash: &str,
     new_hash: &str,
     now: i64,
@@ -245,7 +254,7 @@ pub(super) async fn rotate_refresh_locked(
             Ok(RotateOutcome::WithinGrace { session })
         }
         Some(_) => {
-            revoke_for_reuse(tx, &session.id, now).await?;
+            revoke_for_reuse(tx, feed, &session.id, now).await?;
             Ok(RotateOutcome::Reused {
                 session_id: session.id,
             })

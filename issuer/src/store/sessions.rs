@@ -5,12 +5,14 @@ use sqlx::Row;
 use tokio::sync::oneshot;
 
 use super::group_commit::{self, Job};
+use super::revocations::Append;
 use super::session_rows::{
     create_session_in, is_active, issue_successor, revoke_for_reuse, session_from_row,
     RefreshToken, RotateOutcome, Session, SESSION_COLUMNS, SESSION_COLUMNS_OF_S,
     SESSION_COLUMN_COUNT,
 };
 use super::{Store, StoreError};
+use sqlx::{Any, Transaction};
 
 impl Store {
     /// Stores a new session and its first refresh token (hash) atomically. Fails with
@@ -66,9 +68,11 @@ impl Store {
         .collect()
     }
 
-    /// Revokes one session. An already revoked session keeps its first time and reason; a
-    /// missing one is [`StoreError::NotFound`].
+    /// Revokes one session and appends its revocation record, in one transaction. An already
+    /// revoked session keeps its first time and reason (and its first record); a missing one
+    /// is [`StoreError::NotFound`].
     pub async fn revoke_session(&self, id: &str, now: i64, reason: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
         let result = sqlx::query(
             "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
              WHERE id = $1 AND revoked_at IS NULL",
@@ -76,32 +80,39 @@ impl Store {
         .bind(id)
         .bind(now)
         .bind(reason)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
         if result.rows_affected() == 0 {
+            tx.rollback().await?;
             // Either already revoked (fine) or absent (report it).
             self.get_session(id).await?;
+            return Ok(());
         }
+        self.feed_writer()
+            .append(&mut tx, Append::Sessions(vec![id.to_owned()]), now)
+            .await?;
+        tx.commit().await?;
+        self.signal_revocations();
         Ok(())
     }
 
-    /// Revokes every live session of a subject; returns how many were revoked by this call.
+    /// Revokes every live session of a subject and appends the subject's revocation record
+    /// (every access token issued before `now` ends), in one transaction; returns how many
+    /// sessions were revoked by this call.
     pub async fn revoke_user_sessions(
         &self,
         user_id: &str,
         now: i64,
         reason: &str,
     ) -> Result<u64, StoreError> {
-        let result = sqlx::query(
-            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
-             WHERE user_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(now)
-        .bind(reason)
-        .execute(&self.writer)
-        .await?;
-        Ok(result.rows_affected())
+        let mut tx = self.begin_write().await?;
+        let revoked = revoke_sessions_of(&mut tx, user_id, now, reason).await?;
+        self.feed_writer()
+            .append(&mut tx, Append::Subject(user_id), now)
+            .await?;
+        tx.commit().await?;
+        self.signal_revocations();
+        Ok(revoked)
     }
 
     /// Exchanges refresh token `old_hash` for `new_hash`, atomically (one transaction):
@@ -189,8 +200,9 @@ impl Store {
             tx.commit().await?;
             return Ok(RotateOutcome::WithinGrace { session });
         }
-        revoke_for_reuse(&mut tx, &session.id, now).await?;
+        revoke_for_reuse(&mut tx, self.feed_writer(), &session.id, now).await?;
         tx.commit().await?;
+        self.signal_revocations();
         Ok(RotateOutcome::Reused {
             session_id: session.id,
         })
@@ -250,4 +262,24 @@ impl Store {
         tx.commit().await?;
         Ok(deleted)
     }
+}
+
+/// Inside `tx`: revokes every live session of `user_id` with `reason`; returns how many. The
+/// caller appends the subject's revocation record (last, see `revocations`).
+pub(super) async fn revoke_sessions_of(
+    tx: &mut Transaction<'static, Any>,
+    user_id: &str,
+    now: i64,
+    reason: &str,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+         WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(now)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
 }

@@ -5,7 +5,22 @@ use std::fmt;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::revocations::Append;
+use super::sessions::revoke_sessions_of;
 use super::{decode_json, decode_list, encode_list, new_id, now_secs, Store, StoreError};
+
+/// What a change of account ends, besides the change itself (see [`Store::update_user_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenCutoff<'a> {
+    /// Nothing: tokens already issued stay valid.
+    Nothing,
+    /// Every access token issued before now (a subject record in the revocation feed), the
+    /// sessions living on: a removed role must not survive in tokens already issued, and a
+    /// refresh gets the new roles.
+    Tokens,
+    /// Every live session (revoked with this reason) and every access token issued before now.
+    Sessions(&'a str),
+}
 
 /// A stored account.
 #[derive(Clone, PartialEq)]
@@ -215,11 +230,29 @@ impl Store {
     /// metadata, anonymous, disabled, email confirmation) and bumps `updated_at`. Returns the
     /// user as stored. `id` and `created_at` are never changed.
     pub async fn update_user(&self, user: &User) -> Result<User, StoreError> {
+        self.update_user_with(user, TokenCutoff::Nothing, now_secs())
+            .await
+    }
+
+    /// [`Store::update_user`], and in the same transaction ends what `cutoff` says at `now`
+    /// (revoking sessions, appending the subject's revocation record).
+    pub async fn update_user_with(
+        &self,
+        user: &User,
+        cutoff: TokenCutoff<'_>,
+        now: i64,
+    ) -> Result<User, StoreError> {
         let mut saved = user.clone();
         saved.email = user.email.as_deref().map(normalize_email);
         saved.app_metadata = normalize_json(&user.app_metadata);
         saved.user_metadata = normalize_json(&user.user_metadata);
-        saved.updated_at = now_secs();
+        saved.updated_at = now;
+        let mut tx = self.begin_write().await?;
+        // Sessions before the user row, in the order `delete_user` locks them, so that the two
+        // never wait on each other's rows (a deadlock on PostgreSQL).
+        if let TokenCutoff::Sessions(reason) = cutoff {
+            revoke_sessions_of(&mut tx, &saved.id, now, reason).await?;
+        }
         let result = sqlx::query(
             "UPDATE users SET email = $2, username = $3, phone = $4, password_hash = $5, \
              roles = $6, app_metadata = $7, user_metadata = $8, anonymous = $9, \
@@ -237,16 +270,28 @@ impl Store {
         .bind(saved.email_confirmed_at)
         .bind(i64::from(saved.disabled))
         .bind(saved.updated_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if result.rows_affected() == 0 {
+            tx.rollback().await?;
             return Err(StoreError::NotFound);
+        }
+        let appended = cutoff != TokenCutoff::Nothing;
+        if appended {
+            self.feed_writer()
+                .append(&mut tx, Append::Subject(&saved.id), now)
+                .await?;
+        }
+        tx.commit().await?;
+        if appended {
+            self.signal_revocations();
         }
         Ok(saved)
     }
 
     /// Deletes a user together with its sessions, their refresh tokens and the API keys whose
-    /// subject is the user, in one transaction. [`StoreError::NotFound`] leaves everything.
+    /// subject is the user, and appends the subject's revocation record (its tokens end), in
+    /// one transaction. [`StoreError::NotFound`] leaves everything.
     pub async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -272,7 +317,11 @@ impl Store {
             tx.rollback().await?;
             return Err(StoreError::NotFound);
         }
+        self.feed_writer()
+            .append(&mut tx, Append::Subject(id), now_secs())
+            .await?;
         tx.commit().await?;
+        self.signal_revocations();
         Ok(())
     }
 }

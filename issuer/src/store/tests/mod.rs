@@ -82,6 +82,9 @@ backend_tests!(
     migrations_idempotent,
 );
 
+// After the macro, which it uses.
+mod revocations;
+
 fn new_user(email: &str, username: &str, phone: &str) -> NewUser {
     NewUser {
         email: Some(email.into()),
@@ -1234,6 +1237,7 @@ async fn purge_expired(store: Store) {
             email_links: 1,
             sms_codes: 1,
             sms_messages: 1,
+            revocations: 0,
         }
     );
     let left: Vec<String> = store
@@ -1326,6 +1330,7 @@ async fn store_sqlite_synchronous_follows_the_option() {
         (
             StoreOptions {
                 sqlite_sync: SqliteSync::Normal,
+                ..StoreOptions::default()
             },
             1,
         ),
