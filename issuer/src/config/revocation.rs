@@ -103,14 +103,7 @@ impl RevocationFeedFile {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::IssuerConfig;
-
-    fn load(yaml: &str) -> Result<IssuerConfig, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let p = dir.path().join("issuer.yaml");
-        std::fs::write(&p, yaml).map_err(|e| e.to_string())?;
-        IssuerConfig::load(&p).map_err(|e| e.to_string())
-    }
+    use crate::config::test_load as load;
 
     #[test]
     fn defaults_and_validation() {
