@@ -342,6 +342,15 @@ impl IssuerConfig {
     }
 }
 
+/// Loads `yaml` as a config file in a temporary directory (the section tests' one way in).
+#[cfg(test)]
+pub(crate) fn test_load(yaml: &str) -> Result<IssuerConfig, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let p = dir.path().join("issuer.yaml");
+    std::fs::write(&p, yaml).map_err(|e| e.to_string())?;
+    IssuerConfig::load(&p).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,13 +424,4 @@ mod tests {
             assert!(e.contains(&at) && e.contains(what), "{text:?}: {e}");
         }
     }
-}
-
-/// Loads `yaml` as a config file in a temporary directory (the section tests' one way in).
-#[cfg(test)]
-pub(crate) fn test_load(yaml: &str) -> Result<IssuerConfig, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let p = dir.path().join("issuer.yaml");
-    std::fs::write(&p, yaml).map_err(|e| e.to_string())?;
-    IssuerConfig::load(&p).map_err(|e| e.to_string())
 }
