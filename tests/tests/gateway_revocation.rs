@@ -575,21 +575,13 @@ fn every_event_kind(b: Backend) {
     for (i, c) in cases.iter().enumerate() {
         let case = format!("{:?}", c.event);
         fire(&s, c);
-        let mut probes = Vec::new();
-        for gw in [&gw_a, &gw_b] {
-            for (which, token) in [("cached", &c.cached), ("uncached", &c.uncached)] {
-                for via in [Via::Proxy, Via::Verify] {
-                    probes.push(Probe {
-                        label: format!("{which} token, {via:?} at :{}", gw.port),
-                        gw,
-                        via,
-                        token,
-                    });
-                }
-            }
-        }
-        let missed = wait_refused(&probes, REVOKED, PROPAGATION);
-        let nothing_arrived = missed.len() == probes.len();
+        // The cached token, polled at both gateways until the record has arrived...
+        let missed = wait_refused(
+            &proxy_probes("cached token", &[&gw_a, &gw_b], &c.cached),
+            REVOKED,
+            PROPAGATION,
+        );
+        let nothing_arrived = missed.len() == 2;
         for m in missed {
             f.check(false, &case, m);
         }
@@ -597,6 +589,13 @@ fn every_event_kind(b: Backend) {
             // The feed does not reach the gateways at all: waiting for each further event
             // would only add PROPAGATION each.
             std::mem::take(&mut f).assert_none();
+        }
+        // ... then, once each, the verify endpoint, and the token never presented before (its
+        // first request is already refused: never verified and cached as valid first).
+        for gw in [&gw_a, &gw_b] {
+            expect_refused(&mut f, &case, gw, Via::Verify, &c.cached, REVOKED);
+            expect_refused(&mut f, &case, gw, Via::Proxy, &c.uncached, REVOKED);
+            expect_refused(&mut f, &case, gw, Via::Verify, &c.uncached, REVOKED);
         }
         // Nothing else ended: the bystander, every other session of the users so far, and the
         // tokens of the events still to come (the cached ones: the others stay unseen).
