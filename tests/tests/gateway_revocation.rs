@@ -1318,3 +1318,141 @@ fn metrics_readiness_and_access_log_follow_the_feed() {
     }
     f.assert_none();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 10. Reloads
+// ---------------------------------------------------------------------------------------------
+
+/// Writes `text` to `path` through a rename, so the gateway never reads half a file.
+fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// Sends SIGHUP and waits until `n` reloads have succeeded.
+fn reload(gw: &Gateway, n: f64) -> bool {
+    gw.proc.signal(libc::SIGHUP);
+    let ok = &[("result", "ok")];
+    wait_metric(
+        gw,
+        "portcullis_config_reloads_total",
+        ok,
+        Duration::from_secs(10),
+        |v| v >= n,
+    )
+    .is_some_and(|v| v >= n)
+}
+
+/// A reload keeps what is revoked: with the feed settings unchanged (the running state goes
+/// on) and changed (a new state that starts from the old one's records while it reads its own
+/// snapshot). A revoked token is refused at every request throughout, events after the reloads
+/// arrive, and the feed's counters keep counting.
+#[test]
+fn revocations_survive_reloads() {
+    let s = Stack::start(DbKind::Sqlite, "revocation_feed:\n  max_wait: 1s\n");
+    let gw = s.gateway("gw", &s.feed("max_stale: 60s\n"), "");
+    gw.wait_ready(Duration::from_secs(15));
+    let mut f = Failures::default();
+    for email in ["alice@example.com", "carol@example.com"] {
+        s.iss.create_user(email, PW, &[]);
+    }
+    let carol = s.login("carol@example.com", PW).access;
+    let a1 = s.login("alice@example.com", PW);
+    expect_pass(&mut f, "before", &gw, Via::Proxy, &a1.access);
+    s.logout(&a1.refresh);
+    for m in wait_refused(
+        &proxy_probes("alice", &[&gw], &a1.access),
+        REVOKED,
+        PROPAGATION,
+    ) {
+        f.check(false, "logout", m);
+    }
+    std::mem::take(&mut f).assert_none();
+
+    // Some reads first (an idle one every second), so that a counter that started again from
+    // zero after the reload would visibly stall.
+    let reads = "portcullis_revocation_feed_reads_total";
+    let ok = [("issuer", NAME), ("result", "ok")];
+    let r = wait_metric(&gw, reads, &ok, Duration::from_secs(15), |v| v >= 6.0);
+    assert!(r.is_some_and(|v| v >= 6.0), "{reads} ok = {r:?}");
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let hammer = scope.spawn(|| {
+            let (mut n, mut wrong) = (0, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = ask(&gw, Via::Proxy, &a1.access);
+                n += 1;
+                if !refused(&r, REVOKED) {
+                    wrong.push(show(&r));
+                }
+            }
+            (n, wrong)
+        });
+        f.check(
+            reload(&gw, 1.0),
+            "reload, feed unchanged",
+            gw.proc.stderr_text(),
+        );
+        let text = std::fs::read_to_string(&gw.config).expect("read config");
+        assert!(text.contains("max_stale: 60s"), "{text}");
+        write_atomic(
+            &gw.config,
+            &text.replace("max_stale: 60s", "max_stale: 90s"),
+        );
+        let before = metric(&gw, reads, &ok).unwrap_or(0.0);
+        f.check(
+            reload(&gw, 2.0),
+            "reload, feed changed",
+            gw.proc.stderr_text(),
+        );
+        // The new state reads (a snapshot, then a long poll a second): the counter goes on.
+        let after = wait_metric(&gw, reads, &ok, Duration::from_secs(4), |v| v > before);
+        f.check(
+            after.is_some_and(|v| v > before),
+            "reads counted after the feed changed",
+            format!("{reads} ok stayed {after:?} (before the reload: {before}) for 4 s"),
+        );
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (n, wrong) = hammer.join().expect("hammer");
+        f.check(
+            n > 0 && wrong.is_empty(),
+            "refused throughout the reloads",
+            format!(
+                "{} of {n} answers were not the refusal: {:?}",
+                wrong.len(),
+                wrong.first()
+            ),
+        );
+    });
+
+    // Events after the reloads arrive; others pass; /readyz counts both records.
+    let a2 = s.login("alice@example.com", PW);
+    expect_pass(&mut f, "after the reloads", &gw, Via::Proxy, &a2.access);
+    s.logout(&a2.refresh);
+    for m in wait_refused(
+        &proxy_probes("alice again", &[&gw], &a2.access),
+        REVOKED,
+        PROPAGATION,
+    ) {
+        f.check(false, "logout after the reloads", m);
+    }
+    expect_refused(
+        &mut f,
+        "after the reloads",
+        &gw,
+        Via::Proxy,
+        &a1.access,
+        REVOKED,
+    );
+    expect_pass(&mut f, "bystander", &gw, Via::Proxy, &carol);
+    let (status, ready) = gw.readyz();
+    let rev = &ready["issuers"][NAME]["revocation"];
+    f.check(
+        status == 200 && rev["loaded"] == true && rev["records"] == 2,
+        "readyz after the reloads",
+        format!("{status} {ready}"),
+    );
+    f.assert_none();
+}
