@@ -948,7 +948,12 @@ fn the_feed_is_found_through_discovery() {
 #[test]
 fn a_wrong_feed_credential_keeps_the_gateway_unready() {
     let s = Stack::start(DbKind::Sqlite, ISSUER_YAML);
-    let gw = s.gateway_with_token("gw", b"not-the-feed-token\n", &s.feed(""), "");
+    let gw = s.gateway_with_token(
+        "gw",
+        b"not-the-feed-token\n",
+        &s.feed("on_stale: refuse\n"),
+        "",
+    );
     let errors = &[("issuer", NAME), ("result", "error")];
     let reads = "portcullis_revocation_feed_reads_total";
     let mut f = Failures::default();
@@ -986,6 +991,17 @@ fn a_wrong_feed_credential_keeps_the_gateway_unready() {
             && ready["issuers"][NAME]["revocation"]["loaded"] == false,
         "readyz details",
         format!("{ready}"),
+    );
+    // With on_stale: refuse, the issuer's tokens are refused before the first snapshot too.
+    s.iss.create_user("grace@example.com", PW, &[]);
+    let token = s.login("grace@example.com", PW).access;
+    expect_refused(
+        &mut f,
+        "refuse before a snapshot",
+        &gw,
+        Via::Proxy,
+        &token,
+        UNAVAILABLE,
     );
     f.assert_none();
 }
