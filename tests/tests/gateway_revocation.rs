@@ -1472,3 +1472,88 @@ fn revocations_survive_reloads() {
     );
     f.assert_none();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 11. More than a page
+// ---------------------------------------------------------------------------------------------
+
+/// The issuer answers at most 1,000 records a read. One API key opens 1,100 sessions and is
+/// revoked: one transaction appends 1,100 records. A running gateway reads them as increments
+/// in two pages (`more`), a gateway started afterwards as a snapshot in two pages (the first
+/// flagged `snapshot`, replacing the set only once complete); both hold and apply all of them.
+#[test]
+fn a_feed_larger_than_a_page() {
+    const N: usize = 1100;
+    let s = Stack::start(DbKind::Sqlite, ISSUER_YAML);
+    let running = s.gateway("gw-running", &s.feed(""), "");
+    running.wait_ready(Duration::from_secs(15));
+    s.iss.create_user("heidi@example.com", PW, &[]);
+    let bystander = s.login("heidi@example.com", PW).access;
+    let key = s
+        .iss
+        .create_api_key(&json!({"subject": "batch-worker", "name": "batch"}));
+    let secret = key["api_key"].as_str().expect("api_key");
+    // One keep-alive client for the logins: N fresh clients would cost more than the test.
+    let c = client();
+    let url = s.iss.url("/v1/auth/api-key");
+    let tokens: Vec<String> = (0..N)
+        .map(|i| {
+            let r = send(c.post(&url).json(&json!({ "api_key": secret })));
+            assert_eq!(r.status, 200, "API-key login {i}: {}", r.text);
+            r.json()["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_string()
+        })
+        .collect();
+    // Every 50th token and the last ones (records past the first page).
+    let sample: Vec<&String> = tokens
+        .iter()
+        .step_by(50)
+        .chain(tokens.iter().rev().take(5))
+        .collect();
+    let mut f = Failures::default();
+    for t in &sample {
+        expect_pass(&mut f, "before", &running, Via::Proxy, t);
+    }
+    let r = s.iss.admin_delete(&format!(
+        "/admin/api-keys/{}",
+        key["id"].as_str().expect("key id")
+    ));
+    assert_eq!(r.status, 204, "{}", r.text);
+    // The premise: the feed does not fit one answer.
+    let v = s.iss.revocations(None).json();
+    assert!(
+        v["more"] == true && v["records"].as_array().map(Vec::len) == Some(1000),
+        "the issuer's first page: more={} records={:?}",
+        v["more"],
+        v["records"].as_array().map(Vec::len)
+    );
+
+    let fresh = s.gateway("gw-fresh", &s.feed(""), "");
+    fresh.wait_ready(Duration::from_secs(15));
+    for (which, gw) in [("running", &running), ("fresh", &fresh)] {
+        let held = wait_for(PROPAGATION, || {
+            gw.readyz().1["issuers"][NAME]["revocation"]["records"] == N
+        });
+        f.check(
+            held,
+            which,
+            format!("/readyz should count {N} records: {}", gw.readyz().1),
+        );
+        expect_metric(
+            &mut f,
+            which,
+            gw,
+            "portcullis_revocation_records",
+            &[("kind", "session")],
+            &N.to_string(),
+            |v| v == N as f64,
+        );
+        for t in &sample {
+            expect_refused(&mut f, which, gw, Via::Proxy, t, REVOKED);
+        }
+        expect_pass(&mut f, which, gw, Via::Proxy, &bystander);
+    }
+    f.assert_none();
+}
