@@ -99,11 +99,23 @@ impl Stack {
 
     /// [`Stack::gateway`] with `token` as the content of its `feed-token` file.
     fn gateway_with_token(&self, name: &str, token: &[u8], revocation: &str, top: &str) -> Gateway {
+        self.gateway_full(name, token, revocation, top, "")
+    }
+
+    /// [`Stack::gateway_with_token`] with more `issuers:` entries after the issuer's.
+    fn gateway_full(
+        &self,
+        name: &str,
+        token: &[u8],
+        revocation: &str,
+        top: &str,
+        more_issuers: &str,
+    ) -> Gateway {
         let dir = self.gw_dir(name);
         std::fs::create_dir_all(&dir).expect("mkdir gateway dir");
         std::fs::write(dir.join("feed-token"), token).expect("write feed token");
         let body = format!(
-            "{top}issuers:\n  - name: {NAME}\n    issuer: {issuer}\n    jwks_url: {jwks}\n    audiences: [demo]\n    revocation:\n{rev}upstreams:\n  app:\n    backends: [\"127.0.0.1:{up}\"]\nroutes:\n  - name: api\n    match: {{path: {{prefix: /api/}}}}\n    upstream: app\n",
+            "{top}issuers:\n  - name: {NAME}\n    issuer: {issuer}\n    jwks_url: {jwks}\n    audiences: [demo]\n    revocation:\n{rev}{more_issuers}upstreams:\n  app:\n    backends: [\"127.0.0.1:{up}\"]\nroutes:\n  - name: api\n    match: {{path: {{prefix: /api/}}}}\n    upstream: app\n",
             issuer = self.iss.issuer,
             jwks = self.iss.url("/.well-known/jwks.json"),
             rev = indent(revocation, 6),
@@ -1555,5 +1567,55 @@ fn a_feed_larger_than_a_page() {
         }
         expect_pass(&mut f, which, gw, Via::Proxy, &bystander);
     }
+    f.assert_none();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. Records belong to their issuer
+// ---------------------------------------------------------------------------------------------
+
+/// A second trusted issuer (no feed) signs a token with the `sub` and `sid` that the first
+/// issuer's feed revoked, issued before the cut-off: it passes, because records are the
+/// revoking issuer's only.
+#[test]
+fn records_apply_only_to_their_issuer() {
+    let s = Stack::start(DbKind::Sqlite, ISSUER_YAML);
+    let key = jwt::TestKey::ec_p256().with_kid("k1");
+    let other = jwt::JwksServer::serving(&[&key]);
+    let more = format!(
+        "  - name: other\n    issuer: {}\n    jwks_url: {}\n    audiences: [demo]\n",
+        other.issuer_url(),
+        other.url()
+    );
+    let gw = s.gateway_full("gw", &s.feed_token_file(), &s.feed(""), "", &more);
+    gw.wait_ready(Duration::from_secs(15));
+    let mut f = Failures::default();
+
+    s.iss.create_user("ivan@example.com", PW, &[]);
+    let first = s.login("ivan@example.com", PW);
+    let second = s.login("ivan@example.com", PW).access;
+    let uid = claim(&second, "sub").as_str().expect("sub").to_string();
+    let sid = claim(&first.access, "sid");
+    // A session record, then (in a later second than the tokens, see every_event_kind) a
+    // subject record.
+    s.logout(&first.refresh);
+    wait_past(iat(&second));
+    let r = s.iss.admin_delete(&format!("/admin/users/{uid}/sessions"));
+    assert_eq!(r.status, 204, "{}", r.text);
+    let mut probes = proxy_probes("session record", &[&gw], &first.access);
+    probes.extend(proxy_probes("subject record", &[&gw], &second));
+    for m in wait_refused(&probes, REVOKED, PROPAGATION) {
+        f.check(false, "own issuer", m);
+    }
+
+    let now = jwt::now();
+    let mut claims = jwt::claims(&other.issuer_url(), &uid, "demo", 300);
+    claims["sid"] = sid;
+    for name in ["iat", "nbf", "auth_time"] {
+        claims[name] = json!(now - 60);
+    }
+    let token = jwt::sign(&key, "ES256", jwt::header("k1", "ES256"), claims);
+    expect_pass(&mut f, "other issuer", &gw, Via::Proxy, &token);
+    expect_pass(&mut f, "other issuer", &gw, Via::Verify, &token);
     f.assert_none();
 }
