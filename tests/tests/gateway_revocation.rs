@@ -121,7 +121,7 @@ impl Stack {
         std::fs::create_dir_all(&dir).expect("mkdir gateway dir");
         std::fs::write(dir.join("feed-token"), token).expect("write feed token");
         let body = format!(
-            "{top}issuers:\n  - name: {NAME}\n    issuer: {issuer}\n    jwks_url: {jwks}\n    audiences: [demo]\n    revocation:\n{rev}{more_issuers}upstreams:\n  app:\n    backends: [\"127.0.0.1:{up}\"]\nroutes:\n  - name: api\n    match: {{path: {{prefix: /api/}}}}\n    upstream: app\n",
+            "{top}issuers:\n  - name: {NAME}\n    issuer: {issuer}\n    jwks_url: {jwks}\n    audiences: [demo]\n    revocation:\n{rev}{more_issuers}upstreams:\n  app:\n    backends: [\"127.0.0.1:{up}\"]\nroutes:\n  - name: api\n    match: {{path: {{prefix: /api/}}}}\n    upstream: app\n  - name: optional\n    match: {{path: {{prefix: /opt/}}}}\n    auth: optional\n    upstream: app\n",
             issuer = self.iss.issuer,
             jwks = self.iss.url("/.well-known/jwks.json"),
             rev = indent(revocation, 6),
@@ -178,12 +178,15 @@ enum Via {
     Proxy,
     /// The `auth_request` endpoint, as nginx calls it for `GET /api/orders`.
     Verify,
+    /// A route with `auth: optional` (`GET /opt/orders`): a token sent is still verified.
+    Optional,
 }
 
 fn ask(gw: &Gateway, via: Via, token: &str) -> RawResponse {
     let auth = format!("Bearer {token}");
     match via {
         Via::Proxy => raw_get(gw.port, "/api/orders", &[("Authorization", &auth)]),
+        Via::Optional => raw_get(gw.port, "/opt/orders", &[("Authorization", &auth)]),
         Via::Verify => raw_get(
             gw.port,
             "/_portcullis/verify",
@@ -225,7 +228,7 @@ fn expect_pass(f: &mut Failures, case: &str, gw: &Gateway, via: Via, token: &str
     let r = ask(gw, via, token);
     let ok = r.status == 200
         && match via {
-            Via::Proxy => String::from_utf8_lossy(&r.body).contains("\"server\""),
+            Via::Proxy | Via::Optional => String::from_utf8_lossy(&r.body).contains("\"server\""),
             Via::Verify => true,
         };
     f.check(
@@ -1334,6 +1337,18 @@ fn metrics_readiness_and_access_log_follow_the_feed() {
         "readyz after the events",
         format!("{status} {ready}"),
     );
+
+    // A route with `auth: optional` refuses a revoked token too (it is not anonymous).
+    expect_refused(
+        &mut f,
+        "optional route",
+        &gw,
+        Via::Optional,
+        &a1.access,
+        REVOKED,
+    );
+    expect_refused(&mut f, "optional route", &gw, Via::Optional, &bob, REVOKED);
+    expect_pass(&mut f, "optional route", &gw, Via::Optional, &carol);
 
     // Refusals are counted by reason: exactly the ones made now.
     let denied = |reason: &str| {
