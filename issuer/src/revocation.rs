@@ -83,12 +83,14 @@ impl Feed {
     }
 
     /// The records after cursor `after` (see [`Store::revocations_after`]) for a reader
-    /// presenting `credential`. With nothing new, waits up to `max_wait` for a record.
+    /// presenting `credential`. With nothing new, waits up to `max_wait` (or the reader's
+    /// `wait`, if shorter) for a record.
     pub async fn read(
         &self,
         store: &Store,
         credential: Option<&str>,
         after: Option<i64>,
+        wait: Option<Duration>,
     ) -> Result<RevocationPage, FeedError> {
         if !credential.is_some_and(|c| self.accepts(c)) {
             return Err(FeedError::Unauthorized);
@@ -97,7 +99,8 @@ impl Feed {
         // still counts as a change.
         let mut appended = store.revocation_signal();
         let mut stopping = self.stopping.subscribe();
-        let deadline = tokio::time::Instant::now() + self.max_wait;
+        let wait = wait.map_or(self.max_wait, |w| w.min(self.max_wait));
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let page = store
                 .revocations_after(after, unix_now(), PAGE_SIZE)

@@ -221,6 +221,28 @@ fn long_poll_wakes_and_times_out(b: Backend) {
     assert_eq!(v["next"].as_i64(), Some(cursor));
     assert_eq!(v["snapshot"], false);
 
+    // A reader that asks for less (`wait`, its own timeout) is answered sooner; a negative
+    // wait answers at once, a longer one is capped by max_wait.
+    let feed_auth = format!("Bearer {}", iss.feed_token);
+    for (wait, low, high) in [("1", 900, 1900), ("-5", 0, 900), ("3600", 1900, 4000)] {
+        let t = Instant::now();
+        let r = get_with(
+            &iss.url(&format!("/v1/revocations?after={cursor}&wait={wait}")),
+            Some(&feed_auth),
+        );
+        let waited = t.elapsed();
+        assert_eq!(r.status, 200, "wait={wait}: {}", r.text);
+        assert!(
+            waited >= Duration::from_millis(low) && waited < Duration::from_millis(high),
+            "wait={wait}: {waited:?}"
+        );
+    }
+    let bad = get_with(
+        &iss.url(&format!("/v1/revocations?after={cursor}&wait=soon")),
+        Some(&feed_auth),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text);
+
     // A logout while a read waits: the read answers at once with it.
     let p = iss.password_login("carol@example.com", PW).pair();
     let sid = sid_of(&iss, &p.access);

@@ -17,9 +17,12 @@ fn the_plugin_example_verifies_tokens_in_its_own_proxy() {
             .into_bytes()
     };
     let revoked = serde_json::json!([{"seq": 1, "kind": "session", "sid": "logged-out", "until": 4_000_000_000u64}]);
-    jwks.set_route("/v1/revocations", Some((200, feed(revoked, 1, true))));
     jwks.set_route(
-        "/v1/revocations?after=1",
+        "/v1/revocations?wait=26",
+        Some((200, feed(revoked, 1, true))),
+    );
+    jwks.set_route(
+        "/v1/revocations?after=1&wait=26",
         Some((200, feed(serde_json::json!([]), 1, false))),
     );
     let token_file = dir.path().join("feed-token");

@@ -26,8 +26,8 @@ fn shipped_config_protects_api_and_admin_and_injects_identity() {
             .to_string()
             .into_bytes()
     };
-    issuer.set_route("/v1/revocations", Some((200, empty(true))));
-    issuer.set_route("/v1/revocations?after=0", Some((200, empty(false))));
+    issuer.set_route("/v1/revocations?wait=26", Some((200, empty(true))));
+    issuer.set_route("/v1/revocations?after=0&wait=26", Some((200, empty(false))));
     let upstream = Proc::spawn(
         "demo",
         &bin("portcullis-demo-upstream"),

@@ -91,12 +91,14 @@ pub async fn read(
     cursor: Option<i64>,
     timeout: std::time::Duration,
 ) -> Result<Page, FeedError> {
+    // The issuer waits at most `wait` (and its own max_wait) for a record: three quarters of
+    // our timeout, so a quiet feed answers before the read times out whatever either side
+    // is configured with.
+    let wait = timeout.as_secs() * 3 / 4;
+    let sep = if url.contains('?') { '&' } else { '?' };
     let target = match cursor {
-        Some(after) => {
-            let sep = if url.contains('?') { '&' } else { '?' };
-            format!("{url}{sep}after={after}")
-        }
-        None => url.to_owned(),
+        Some(after) => format!("{url}{sep}after={after}&wait={wait}"),
+        None => format!("{url}{sep}wait={wait}"),
     };
     let answer = http_get(client, &target, None, Some(token), MAX_ANSWER, timeout).await?;
     match answer.status {

@@ -4,6 +4,7 @@
 //! (`revocation_feed.token_file`): a bearer token, compared in constant time.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
@@ -32,6 +33,12 @@ struct Cursor {
     #[param(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
     #[serde(default, deserialize_with = "super::optional_integer_text")]
     after: Option<i64>,
+    /// Seconds the reader is prepared to wait for a record (its own request timeout, less
+    /// headroom); the wait is the smaller of this and `revocation_feed.max_wait`. Negative
+    /// counts as 0 (answer at once).
+    #[param(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
+    #[serde(default, deserialize_with = "super::optional_integer_text")]
+    wait: Option<i64>,
 }
 
 /// One record of the feed.
@@ -105,7 +112,7 @@ impl From<RevocationPage> for RevocationFeed {
 }
 
 /// The revocation records after cursor `after`. With none, waits (long poll) up to
-/// `revocation_feed.max_wait` (25 s by default) for one, then answers with what there is
+/// `revocation_feed.max_wait` (25 s by default, or `wait` seconds if shorter) for one, then answers with what there is
 /// (possibly nothing, and the same or a later `next`). A snapshot answers at once.
 #[utoipa::path(
     get,
@@ -128,7 +135,12 @@ async fn revocations(
     let cursor: Cursor = query(q)?;
     let page = app
         .revocations
-        .read(&app.store, bearer(&headers), cursor.after)
+        .read(
+            &app.store,
+            bearer(&headers),
+            cursor.after,
+            cursor.wait.map(|w| Duration::from_secs(w.max(0) as u64)),
+        )
         .await?;
     Ok(Json(page.into()))
 }
