@@ -595,8 +595,8 @@ stop_pid "$UP_PID" TERM
 # ---------------------------------------------------------------------------------------------
 REVOCATION_SECTION=$TMP/revocation.md
 if [ "$REVOCATION" = 0 ]; then
-  printf '## Revocation propagation and 1,000,000 revoked sessions\n\nNot measured: BENCH_REVOCATION=0.\n' \
-    >"$REVOCATION_SECTION"
+  printf '%s\n## Revocation propagation and 1,000,000 revoked sessions\n\nNot measured: BENCH_REVOCATION=0.\n%s\n' \
+    '<!-- revocation:begin (bench/revocation.sh) -->' '<!-- revocation:end -->' >"$REVOCATION_SECTION"
 else
   log "revocation benchmarks (bench/revocation.sh)"
   "$BENCH_DIR/revocation.sh" "$REVOCATION_SECTION" &
