@@ -80,6 +80,7 @@ fn main() {
         leeway: 30,
         typ: vec!["at+jwt".into()],
         required: true,
+        revocations: None,
     });
     let tokens: Vec<String> = (0..n)
         .map(|i| key.token(&mint::claims(iss, "demo", i, 3600)))

@@ -4,10 +4,15 @@
 //! ```sh
 //! cargo run -p portcullis-gateway --example plugin -- \
 //!     --listen 127.0.0.1:6190 --upstream 127.0.0.1:9000 \
-//!     --issuer http://127.0.0.1:8081 --jwks http://127.0.0.1:8081/.well-known/jwks.json
+//!     --issuer http://127.0.0.1:8081 --jwks http://127.0.0.1:8081/.well-known/jwks.json \
+//!     --revocations http://127.0.0.1:8081/v1/revocations --feed-token-file data/secrets/feed-token
 //! ```
+//!
+//! `--revocations` (optional) follows the issuer's revocation feed: tokens of a logged-out
+//! session or a revoked subject are refused on every request, cached or not.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,9 +22,9 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
 use portcullis_gateway::{
-    authenticate, AuthMode, Identity, IdentityHeaderNames, IdentityPrefix, Issuer, IssuerKeys,
-    KeyRefresher, KeySource, Outcome, RefreshPolicy, RoutePolicy, TokenCache, Verifier,
-    VerifyObserver,
+    authenticate, AuthMode, FeedSpec, FeedUrl, Identity, IdentityHeaderNames, IdentityPrefix,
+    Issuer, IssuerKeys, KeyRefresher, KeySource, Outcome, RefreshPolicy, RevocationFollower,
+    Revocations, RoutePolicy, StalePolicy, TokenCache, Verifier, VerifyObserver,
 };
 
 /// Your proxy: anything you like, plus a verifier.
@@ -123,7 +128,7 @@ fn main() {
         arg("--jwks"),
     ) else {
         eprintln!(
-            "usage: plugin --listen ADDR --upstream ADDR --issuer ISS --jwks URL [--audience AUD]"
+            "usage: plugin --listen ADDR --upstream ADDR --issuer ISS --jwks URL [--audience AUD] [--revocations URL --feed-token-file FILE]"
         );
         std::process::exit(2);
     };
@@ -132,6 +137,26 @@ fn main() {
         KeySource::Remote(jwks),
         RefreshPolicy::default(),
     );
+    // The revocation feed: the issuer's URL and the credential it shares with its gateways.
+    let revocations = arg("--revocations").map(|url| {
+        let token = arg("--feed-token-file")
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .map(|t| t.trim().to_string())
+            .unwrap_or_else(|| {
+                eprintln!("--revocations needs a readable --feed-token-file");
+                std::process::exit(2);
+            });
+        Revocations::new(
+            "example".into(),
+            FeedSpec {
+                url: FeedUrl::Fixed(url),
+                token,
+                max_stale: Duration::from_secs(60),
+                on_stale: StalePolicy::Accept,
+                timeout: Duration::from_secs(35),
+            },
+        )
+    });
     let issuer = Arc::new(Issuer {
         name: "example".into(),
         iss,
@@ -141,6 +166,7 @@ fn main() {
         leeway: 30,
         typ: vec!["at+jwt".into()],
         required: true,
+        revocations: revocations.clone(),
     });
     let prefix = IdentityPrefix::new("X-Auth-");
     let proxy = MyProxy {
@@ -164,5 +190,12 @@ fn main() {
     server.add_service(svc);
     // Keeps the issuer's keys fresh (one refresher serves any number of issuers).
     server.add_service(background_service("jwks", KeyRefresher::new(vec![keys])));
+    // Keeps the revoked sessions current (one follower serves any number of issuers).
+    if let Some(r) = revocations {
+        server.add_service(background_service(
+            "revocations",
+            RevocationFollower::new(vec![r]),
+        ));
+    }
     server.run_forever();
 }

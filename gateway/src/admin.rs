@@ -40,14 +40,21 @@ impl AdminApp {
             .verifier
             .issuers()
             .map(|i| {
-                (
-                    i.name.clone(),
-                    json!({"keys": i.keys.is_ready(), "required": i.required}),
-                )
+                let mut entry = json!({"keys": i.keys.is_ready(), "required": i.required});
+                if let Some(r) = &i.revocations {
+                    let s = r.stats();
+                    entry["revocation"] = json!({
+                        "loaded": s.loaded,
+                        "stale": s.stale,
+                        "lag_seconds": s.seconds_since_read.map_or(-1, |a| a as i64),
+                        "records": s.sessions + s.subjects,
+                    });
+                }
+                (i.name.clone(), entry)
             })
             .collect();
-        // Not ready until every required issuer has keys: a load balancer should not send
-        // traffic that would all be refused.
+        // Not ready until every required issuer has keys (and its revocation snapshot): a load
+        // balancer should not send traffic that would all be refused, or wrongly accepted.
         let ready = self.ready.load(Ordering::Relaxed) && cfg.verifier.ready();
         let status = if ready {
             StatusCode::OK

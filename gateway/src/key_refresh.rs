@@ -10,7 +10,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::jwks::{IssuerKeys, KeyRefresher};
-use crate::metrics::Metrics;
+use crate::metrics::{advance, Metrics};
 use crate::reload::LiveConfig;
 use crate::server::{Fatal, FatalError};
 
@@ -44,13 +44,12 @@ impl GatewayKeyRefresh {
 
 fn publish(m: &Metrics, keys: &IssuerKeys) {
     let s = keys.stats();
-    // The key cache counts its fetches; the counters follow it (never backwards: a cache that
-    // a reload replaced starts again from zero).
+    // The key cache counts its fetches; the counters follow it.
     for (result, total) in [("ok", s.fetches_ok), ("error", s.fetches_failed)] {
-        let counter = m.jwks_fetches.with_label_values(&[keys.name(), result]);
-        if total > counter.get() {
-            counter.inc_by(total - counter.get());
-        }
+        advance(
+            &m.jwks_fetches.with_label_values(&[keys.name(), result]),
+            total,
+        );
     }
     m.jwks_age
         .with_label_values(&[keys.name()])

@@ -29,6 +29,7 @@ mod limits;
 mod metrics;
 mod proxy;
 mod reload;
+mod revocation;
 mod routing;
 mod runtime;
 mod server;
@@ -46,6 +47,9 @@ pub use jwks::{
     hmac_key, load_key_file, parse_jwks, EcCurve, IssuerKeyStats, IssuerKeys, JwksError, KeyFamily,
     KeyLookup, KeyRefresher, KeySet, KeySource, RefreshPolicy, VerifyKey,
 };
+pub use revocation::{
+    FeedError, FeedSpec, FeedUrl, RevocationFollower, RevocationStats, Revocations, StalePolicy,
+};
 pub use routing::AuthMode;
 pub use verify::{AuthError, Issuer, TokenCache, VerifiedToken, Verifier, VerifyObserver};
 
@@ -54,6 +58,19 @@ pub use verify::{AuthError, Issuer, TokenCache, VerifiedToken, Verifier, VerifyO
 #[doc(hidden)]
 pub mod bench_internals {
     pub use crate::forwarding::headers::HeaderOps;
+
+    /// Loads `n` revoked sessions named `{prefix}{i}` into `r`.
+    pub fn load_revoked_sessions(r: &crate::Revocations, prefix: &str, n: usize) {
+        r.load_sessions(prefix, n)
+    }
+
+    /// The per-request revocation check alone.
+    pub fn revocation_check(
+        r: &crate::Revocations,
+        t: &crate::VerifiedToken,
+    ) -> Result<(), crate::AuthError> {
+        r.check_token(t)
+    }
     pub use crate::routing::{
         Action, FixedResponse, HostHeader, HostMatch, PathMatch, PathRewrite, Route, RouteMatch,
         Router,

@@ -40,6 +40,16 @@ pub struct Metrics {
     pub requests_refused: IntCounterVec,
     /// Requests refused by a rate or concurrency limit, by route and limit name.
     pub rate_limited: IntCounterVec,
+    /// Seconds since each issuer's revocation feed was last read (-1: never).
+    pub revocation_lag: IntGaugeVec,
+    /// Revocation records held, by issuer and kind.
+    pub revocation_records: IntGaugeVec,
+    /// Revocation records received, by issuer and kind.
+    pub revocation_events: IntCounterVec,
+    /// Revocation feed reads, by issuer and result.
+    pub revocation_reads: IntCounterVec,
+    /// 1 while an issuer's feed is stale (unread for longer than `max_stale`).
+    pub revocation_stale: IntGaugeVec,
 }
 
 impl Metrics {
@@ -158,7 +168,52 @@ impl Metrics {
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(requests_refused.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
+        let revocation_lag = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_revocation_feed_lag_seconds",
+                "Seconds since the issuer's revocation feed was last read (-1: never)",
+            ),
+            &["issuer"],
+        )?;
+        let revocation_records = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_revocation_records",
+                "Revocation records held, by kind",
+            ),
+            &["issuer", "kind"],
+        )?;
+        let revocation_events = IntCounterVec::new(
+            Opts::new(
+                "portcullis_revocation_events_total",
+                "Revocation records received from the feed, by kind",
+            ),
+            &["issuer", "kind"],
+        )?;
+        let revocation_reads = IntCounterVec::new(
+            Opts::new(
+                "portcullis_revocation_feed_reads_total",
+                "Revocation feed reads by result",
+            ),
+            &["issuer", "result"],
+        )?;
+        let revocation_stale = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_revocation_feed_stale",
+                "1 while the revocation feed is unread for longer than max_stale",
+            ),
+            &["issuer"],
+        )?;
+        registry.register(Box::new(revocation_lag.clone()))?;
+        registry.register(Box::new(revocation_records.clone()))?;
+        registry.register(Box::new(revocation_events.clone()))?;
+        registry.register(Box::new(revocation_reads.clone()))?;
+        registry.register(Box::new(revocation_stale.clone()))?;
         Ok(Metrics {
+            revocation_lag,
+            revocation_records,
+            revocation_events,
+            revocation_reads,
+            revocation_stale,
             connections_open,
             connections_refused,
             requests_refused,
@@ -179,12 +234,50 @@ impl Metrics {
         })
     }
 
+    /// Publishes one issuer's revocation feed state (called once a second by the follower).
+    pub fn publish_revocations(&self, r: &crate::revocation::Revocations) {
+        let s = r.stats();
+        let name = r.name();
+        self.revocation_lag
+            .with_label_values(&[name])
+            .set(s.seconds_since_read.map_or(-1, |a| a as i64));
+        self.revocation_stale
+            .with_label_values(&[name])
+            .set(i64::from(s.stale));
+        for (kind, held, received) in [
+            ("session", s.sessions, s.session_events),
+            ("subject", s.subjects, s.subject_events),
+        ] {
+            self.revocation_records
+                .with_label_values(&[name, kind])
+                .set(held as i64);
+            advance(
+                &self.revocation_events.with_label_values(&[name, kind]),
+                received,
+            );
+        }
+        for (result, total) in [("ok", s.reads_ok), ("error", s.reads_failed)] {
+            advance(
+                &self.revocation_reads.with_label_values(&[name, result]),
+                total,
+            );
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metrics; an empty page is the fallback.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
+    }
+}
+
+/// Moves a counter up to a running total kept elsewhere (never backwards: a state that a
+/// reload replaced starts again from zero).
+pub(crate) fn advance(counter: &prometheus::IntCounter, total: u64) {
+    if total > counter.get() {
+        counter.inc_by(total - counter.get());
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::config::{self, ConfigError, GatewayConfig, IssuerSpec};
 use crate::jwks::IssuerKeys;
 use crate::limits::LimitState;
+use crate::revocation::Revocations;
 use crate::upstream::StateCarry;
 use crate::verify::{Issuer, TokenCache, Verifier};
 
@@ -22,6 +23,8 @@ pub struct Generation {
     pub verifier: Verifier,
     /// Remote key caches by source identity (handed to the next generation on reload).
     pub issuer_keys: HashMap<String, Arc<IssuerKeys>>,
+    /// Revocation states by issuer name (handed to the next generation on reload).
+    pub revocations: HashMap<String, Arc<Revocations>>,
     /// The token cache (shared by every generation).
     pub token_cache: Arc<TokenCache>,
     /// Increments on every reload; salts the token cache.
@@ -47,6 +50,8 @@ pub struct Carry {
     pub backends: StateCarry,
     /// Remote issuer key caches.
     pub issuer_keys: HashMap<String, Arc<IssuerKeys>>,
+    /// Revocation states by issuer name.
+    pub revocations: HashMap<String, Arc<Revocations>>,
     /// The running token cache.
     pub token_cache: Option<Arc<TokenCache>>,
     /// The running generation.
@@ -61,6 +66,7 @@ impl Carry {
         Carry {
             backends: StateCarry::from_groups(running.upstreams.values()),
             issuer_keys: running.issuer_keys.clone(),
+            revocations: running.revocations.clone(),
             token_cache: Some(running.token_cache.clone()),
             generation: running.generation,
             limit_state: Some(running.limit_state.clone()),
@@ -78,7 +84,8 @@ pub fn load(path: &Path, carry: &Carry) -> Result<Generation, ConfigError> {
 impl Generation {
     /// Builds the live state for `config`, reusing what `carry` hands over.
     pub fn build(config: GatewayConfig, carry: &Carry) -> Generation {
-        let (issuers, issuer_keys) = issuers(&config.issuers, &carry.issuer_keys);
+        let (issuers, issuer_keys, revocations) =
+            issuers(&config.issuers, &carry.issuer_keys, &carry.revocations);
         let generation = carry.generation + 1;
         let token_cache = carry.token_cache.clone().unwrap_or_else(|| {
             Arc::new(TokenCache::with_limits(
@@ -101,6 +108,7 @@ impl Generation {
             config,
             verifier,
             issuer_keys,
+            revocations,
             token_cache,
             generation,
             limit_state,
@@ -108,14 +116,24 @@ impl Generation {
     }
 }
 
-/// The issuers with their live keys: a remote source whose identity is unchanged keeps its
-/// running key cache; returns the remote caches by identity for the next reload.
+/// The issuers' live state built and carried across reloads.
+type LiveIssuers = (
+    Vec<Arc<Issuer>>,
+    HashMap<String, Arc<IssuerKeys>>,
+    HashMap<String, Arc<Revocations>>,
+);
+
+/// The issuers with their live keys and revocations: a remote key source whose identity is
+/// unchanged keeps its running key cache, an unchanged feed keeps its running state (a changed
+/// one starts from what the old one held); returns both by identity for the next reload.
 fn issuers(
     specs: &[IssuerSpec],
     running: &HashMap<String, Arc<IssuerKeys>>,
-) -> (Vec<Arc<Issuer>>, HashMap<String, Arc<IssuerKeys>>) {
+    running_feeds: &HashMap<String, Arc<Revocations>>,
+) -> LiveIssuers {
     let mut out = Vec::with_capacity(specs.len());
     let mut remote = HashMap::new();
+    let mut feeds = HashMap::new();
     for spec in specs {
         let keys = match &spec.source_id {
             Some(id) => {
@@ -127,6 +145,17 @@ fn issuers(
             }
             None => IssuerKeys::new(spec.name.clone(), spec.source.clone(), spec.refresh.clone()),
         };
+        let revocations = spec.revocation.as_ref().map(|feed| {
+            // Keyed by name and `iss`: another issuer's revocations must never carry over.
+            let id = format!("{}\u{0}{}", spec.name, spec.iss);
+            let state = match running_feeds.get(&id) {
+                Some(r) if r.spec() == feed => r.clone(),
+                Some(r) => Revocations::succeeding(spec.name.clone(), feed.clone(), r),
+                None => Revocations::new(spec.name.clone(), feed.clone()),
+            };
+            feeds.insert(id, state.clone());
+            state
+        });
         out.push(Arc::new(Issuer {
             name: spec.name.clone(),
             iss: spec.iss.clone(),
@@ -136,7 +165,8 @@ fn issuers(
             leeway: spec.leeway,
             typ: spec.typ.clone(),
             required: spec.required,
+            revocations,
         }));
     }
-    (out, remote)
+    (out, remote, feeds)
 }

@@ -22,6 +22,7 @@ use crate::key_refresh::GatewayKeyRefresh;
 use crate::limits::conn::EdgeApp;
 use crate::proxy::Gateway;
 use crate::reload::LiveConfig;
+use crate::revocation::RevocationFollower;
 use crate::upstream::health::HealthChecker;
 
 /// Why the server could not be assembled.
@@ -258,6 +259,15 @@ pub fn build(
             "portcullis-health",
             HealthChecker::new(live.clone(), ready),
         ))
+        .add_dependency(&bootstrap);
+    let following = live.clone();
+    let metrics = live.metrics.clone();
+    let revocations = RevocationFollower::following(move || {
+        following.current().revocations.values().cloned().collect()
+    })
+    .with_observer(move |r| metrics.publish_revocations(r));
+    server
+        .add_service(background_service("portcullis-revocations", revocations))
         .add_dependency(&bootstrap);
     server
         .add_service(background_service(

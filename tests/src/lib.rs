@@ -430,3 +430,30 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .expect("tempdir")
 }
+
+/// A copy of the shipped `config/gateway.yaml` and `conf.d/` under `dir` (same layout, so
+/// its relative paths resolve inside `dir`), with the revocation feed token the issuer would
+/// have written to `data/secrets/feed-token`; returns the copied `config/gateway.yaml`.
+pub fn shipped_gateway_config(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for sub in ["config", "conf.d", "data/secrets"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+    }
+    std::fs::copy(
+        root.join("config/gateway.yaml"),
+        dir.join("config/gateway.yaml"),
+    )
+    .expect("copy gateway.yaml");
+    for entry in std::fs::read_dir(root.join("conf.d")).expect("conf.d") {
+        let path = entry.expect("conf.d entry").path();
+        if let Some(name) = path.file_name() {
+            std::fs::copy(&path, dir.join("conf.d").join(name)).expect("copy conf.d");
+        }
+    }
+    std::fs::write(
+        dir.join("data/secrets/feed-token"),
+        "shipped-test-feed-token\n",
+    )
+    .expect("feed token");
+    dir.join("config/gateway.yaml")
+}

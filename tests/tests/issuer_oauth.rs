@@ -147,6 +147,7 @@ fn metadata_documents(b: Backend) {
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "response_types_supported": [],
         "response_modes_supported": [],
+        "revocation_feed_endpoint": format!("{base}/v1/revocations"),
     });
     for path in [
         "/.well-known/oauth-authorization-server",

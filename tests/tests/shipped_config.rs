@@ -1,9 +1,8 @@
 //! The shipped configuration (`config/gateway.yaml` + `conf.d/`) on its documented ports:
 //! `/public/` is proxied, `/api/` answers the RFC 6750 challenge without a token and passes
-//! a token of the trusted issuer (played here by a JWKS server on the issuer's port 8081),
-//! `/admin/` needs role `admin`.
+//! a token of the trusted issuer (played here by a JWKS server on the issuer's port 8081,
+//! which also answers the revocation feed's snapshot), `/admin/` needs role `admin`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use portcullis_tests::jwt::{self, JwksServer, TestKey};
@@ -12,7 +11,6 @@ use serde_json::json;
 
 #[test]
 fn shipped_config_protects_api_and_admin_and_injects_identity() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for port in [8080, 8443, 9901, 9000, 8081] {
         if port_open(port) {
             eprintln!("SKIPPED: port {port} is in use (is `make run` running?)");
@@ -23,6 +21,13 @@ fn shipped_config_protects_api_and_admin_and_injects_identity() {
     let key = TestKey::ec_p256().with_kid("shipped");
     let issuer = JwksServer::start_on(8081);
     issuer.set_keys(vec![key.public_jwk()]);
+    let empty = |snapshot: bool| {
+        json!({"records": [], "next": 0, "snapshot": snapshot, "more": false})
+            .to_string()
+            .into_bytes()
+    };
+    issuer.set_route("/v1/revocations", Some((200, empty(true))));
+    issuer.set_route("/v1/revocations?after=0", Some((200, empty(false))));
     let upstream = Proc::spawn(
         "demo",
         &bin("portcullis-demo-upstream"),
@@ -30,7 +35,7 @@ fn shipped_config_protects_api_and_admin_and_injects_identity() {
         dir.path(),
     );
     assert!(wait_for(Duration::from_secs(10), || port_open(9000)));
-    let config = root.join("config/gateway.yaml");
+    let config = shipped_gateway_config(dir.path());
     let _gw = Proc::spawn(
         "gateway",
         &bin("portcullis-gateway"),

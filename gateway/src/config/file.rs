@@ -69,6 +69,24 @@ pub struct IssuerFile {
     pub required: Option<bool>,
     #[serde(default)]
     pub refresh: RefreshFile,
+    /// The issuer's revocation feed.
+    pub revocation: Option<Spanned<RevocationFile>>,
+}
+
+/// An issuer's revocation feed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationFile {
+    /// The feed URL; absent: `revocation_feed_endpoint` from the issuer's discovery document.
+    pub url: Option<Spanned<String>>,
+    /// The file holding the feed credential.
+    pub token_file: Option<Spanned<String>>,
+    /// How long the feed may go unread.
+    pub max_stale: Option<Spanned<DurationValue>>,
+    /// `accept` or `refuse` once stale.
+    pub on_stale: Option<Spanned<String>>,
+    /// Limit of one read.
+    pub timeout: Option<Spanned<DurationValue>>,
 }
 
 /// JWKS refresh bounds.

@@ -7,9 +7,10 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde_saphyr::Spanned;
 
-use super::file::{self, AuthSettingsFile, IssuerFile, RefreshFile};
+use super::file::{self, AuthSettingsFile, IssuerFile, RefreshFile, RevocationFile};
 use super::{dur, ConfigError, Loc, Source};
 use crate::jwks::{self, KeySource, RefreshPolicy};
+use crate::revocation::{FeedSpec, FeedUrl, StalePolicy};
 use crate::verify::canonical_typ;
 
 /// Process-wide verification settings.
@@ -120,8 +121,10 @@ pub struct IssuerSpec {
     pub leeway: u64,
     /// Accepted `typ` values, canonical.
     pub typ: Vec<String>,
-    /// Whether readiness waits for its keys.
+    /// Whether readiness waits for its keys (and its revocation snapshot).
     pub required: bool,
+    /// Its revocation feed (the credential is already read).
+    pub revocation: Option<FeedSpec>,
 }
 
 /// Identity of an issuer's remote key source: a reload reuses its live keys when unchanged.
@@ -207,9 +210,89 @@ pub(super) fn compile_issuers(
                 .map(|t| canonical_typ(t))
                 .collect(),
             required: v.required.unwrap_or(true),
+            revocation: match &v.revocation {
+                None => None,
+                Some(r) => Some(revocation(src, r, &key, &v.issuer.value)?),
+            },
         });
     }
     Ok(out)
+}
+
+/// An issuer's `revocation` block: where its feed is, the credential (read now), staleness.
+fn revocation(
+    src: &Source,
+    r: &Spanned<RevocationFile>,
+    key: &str,
+    iss: &str,
+) -> Result<FeedSpec, ConfigError> {
+    let key = format!("{key}.revocation");
+    let v = &r.value;
+    let url = match &v.url {
+        None => FeedUrl::Discovery(iss.to_owned()),
+        Some(u) if u.value.starts_with("http://") || u.value.starts_with("https://") => {
+            FeedUrl::Fixed(u.value.clone())
+        }
+        Some(u) => return Err(src.at(u).err(format!("{key}.url: use http:// or https://"))),
+    };
+    let Some(file) = &v.token_file else {
+        return Err(src.at(r).err(format!(
+            "{key}.token_file: required (the file holding the issuer's feed token, e.g. data/secrets/feed-token)"
+        )));
+    };
+    let path = src.resolve(&file.value);
+    let raw = std::fs::read_to_string(&path).map_err(|e| {
+        src.at(file)
+            .err(format!("{key}.token_file: {}: {e}", path.display()))
+    })?;
+    let token = raw.trim().to_owned();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(src.at(file).err(format!(
+            "{key}.token_file: {}: expected one token of printable ASCII",
+            path.display()
+        )));
+    }
+    let on_stale = match &v.on_stale {
+        None => StalePolicy::Accept,
+        Some(s) => match s.value.as_str() {
+            "accept" => StalePolicy::Accept,
+            "refuse" => StalePolicy::Refuse,
+            other => {
+                return Err(src
+                    .at(s)
+                    .err(format!("{key}.on_stale: {other:?} is not accept or refuse")))
+            }
+        },
+    };
+    let max_stale = dur(
+        src,
+        &v.max_stale,
+        &format!("{key}.max_stale"),
+        Duration::from_secs(60),
+    )?;
+    let timeout = dur(
+        src,
+        &v.timeout,
+        &format!("{key}.timeout"),
+        Duration::from_secs(35),
+    )?;
+    if timeout < Duration::from_secs(1) || timeout > max_stale {
+        let at = v
+            .timeout
+            .as_ref()
+            .map(|t| src.at(t))
+            .unwrap_or_else(|| src.at(r));
+        return Err(at.err(format!(
+            "{key}.timeout: between 1s and max_stale ({max_stale:?}): a read that waits longer than max_stale would make a healthy feed look stale"
+        )));
+    }
+    Ok(FeedSpec {
+        url,
+        token,
+        max_stale,
+        on_stale,
+        timeout,
+    })
 }
 
 /// An issuer's `refresh` block: Cache-Control bounds, retry, unknown-kid cooldown, staleness,

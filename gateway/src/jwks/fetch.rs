@@ -1,5 +1,6 @@
 //! Fetching: the two HTTP clients a key source may need (reqwest for `http(s)://`, hyper over
 //! a Unix socket for `unix:`), with a body cap, redirect rules and Cache-Control parsing.
+//! The revocation feed reader uses the same client and capped GET.
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -7,18 +8,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
-use super::{JwksError, RefreshPolicy};
+use super::JwksError;
 
 /// Redirects followed by a JWKS or discovery fetch.
 const MAX_REDIRECTS: usize = 3;
 const ACCEPT_JWKS: &str = "application/jwk-set+json, application/json";
 
 /// A successful HTTP exchange.
-pub(super) struct HttpAnswer {
-    pub(super) status: u16,
+pub(crate) struct HttpAnswer {
+    pub(crate) status: u16,
     pub(super) etag: Option<String>,
     pub(super) max_age: Option<Duration>,
-    pub(super) body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 pub(super) fn has_scheme(url: &str, scheme: &str) -> bool {
@@ -26,7 +27,9 @@ pub(super) fn has_scheme(url: &str, scheme: &str) -> bool {
         .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
 }
 
-pub(super) fn build_client(policy: &RefreshPolicy) -> Result<reqwest::Client, JwksError> {
+/// A client for key and feed fetches: no proxy from the environment, at most
+/// [`MAX_REDIRECTS`] redirects and never from https to http, `timeout` per exchange.
+pub(crate) fn build_client(timeout: Duration) -> Result<reqwest::Client, JwksError> {
     let redirects = reqwest::redirect::Policy::custom(|attempt| {
         if attempt.previous().len() > MAX_REDIRECTS {
             attempt.error("too many redirects")
@@ -42,8 +45,8 @@ pub(super) fn build_client(policy: &RefreshPolicy) -> Result<reqwest::Client, Jw
         // Proxy settings from the environment are for people, not for key fetches.
         .no_proxy()
         .redirect(redirects)
-        .timeout(policy.fetch_timeout)
-        .connect_timeout(policy.fetch_timeout)
+        .timeout(timeout)
+        .connect_timeout(timeout)
         .user_agent(concat!("portcullis-gateway/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| JwksError::Client(error_chain(&e)))
@@ -139,10 +142,12 @@ fn append_capped(
     Ok(())
 }
 
-pub(super) async fn http_get(
+/// A GET of at most `limit` body bytes, conditional on `etag`, with `bearer` credentials.
+pub(crate) async fn http_get(
     client: &reqwest::Client,
     url: &str,
     etag: Option<&str>,
+    bearer: Option<&str>,
     limit: usize,
     timeout: Duration,
 ) -> Result<HttpAnswer, JwksError> {
@@ -162,6 +167,9 @@ pub(super) async fn http_get(
     let mut request = client.get(url).header(http::header::ACCEPT, ACCEPT_JWKS);
     if let Some(tag) = etag {
         request = request.header(http::header::IF_NONE_MATCH, tag);
+    }
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
     }
     let mut response = request.send().await.map_err(transport)?;
     let status = response.status().as_u16();

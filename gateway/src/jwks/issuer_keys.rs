@@ -155,7 +155,7 @@ impl IssuerKeys {
         };
         let client = match origin {
             Origin::Static => Err(JwksError::Client("static keys are never fetched".into())),
-            _ => build_client(&policy),
+            _ => build_client(policy.fetch_timeout),
         };
         if let Err(e) = &client {
             if !matches!(origin, Origin::Static) {
@@ -529,7 +529,7 @@ impl IssuerKeys {
                 unix_get(url, rest, etag, limit).await
             } else if has_scheme(url, "http://") || has_scheme(url, "https://") {
                 let client = self.client.as_ref().map_err(Clone::clone)?;
-                http_get(client, url, etag, limit, self.policy.fetch_timeout).await
+                http_get(client, url, etag, None, limit, self.policy.fetch_timeout).await
             } else {
                 Err(JwksError::BadUrl {
                     url: url.to_owned(),

@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-mod fetch;
+pub(crate) mod fetch;
 mod issuer_keys;
 mod key;
 mod parse;

@@ -57,6 +57,16 @@ pub enum AuthError {
     /// The key that verified a cached token was removed from the issuer's set.
     #[error("key revoked")]
     KeyRevoked,
+    /// The token's session is on the issuer's revocation feed (logout, admin revoke…).
+    #[error("session revoked")]
+    SessionRevoked,
+    /// The token's subject has a cut-off after the token was issued (user disabled, password
+    /// reset, role removed…).
+    #[error("subject revoked")]
+    SubjectRevoked,
+    /// The issuer's revocation feed is stale and its policy is `on_stale: refuse`.
+    #[error("revocation feed stale")]
+    RevocationStale,
 }
 
 impl AuthError {
@@ -80,6 +90,9 @@ impl AuthError {
             AuthError::InvalidClaim => "invalid_claim",
             AuthError::WrongAudience => "wrong_audience",
             AuthError::KeyRevoked => "key_revoked",
+            AuthError::SessionRevoked => "session_revoked",
+            AuthError::SubjectRevoked => "subject_revoked",
+            AuthError::RevocationStale => "revocation_stale",
         }
     }
 
@@ -103,6 +116,8 @@ impl AuthError {
             AuthError::InvalidClaim => "the token has an invalid claim",
             AuthError::WrongAudience => "the token is not meant for this audience",
             AuthError::KeyRevoked => "the token's signing key has been retired",
+            AuthError::SessionRevoked | AuthError::SubjectRevoked => "the session was revoked",
+            AuthError::RevocationStale => "the issuer's revocation feed is unavailable",
         }
     }
 }

@@ -17,6 +17,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::jwks::{IssuerKeys, KeyLookup};
+use crate::revocation::{Revocations, TokenKeys};
 
 mod cache;
 mod error;
@@ -32,6 +33,7 @@ use token::{
 };
 
 /// A trusted issuer, compiled from config.
+#[derive(Clone)]
 pub struct Issuer {
     /// Config label.
     pub name: String,
@@ -47,8 +49,10 @@ pub struct Issuer {
     pub leeway: u64,
     /// Accepted `typ` values, lower case without `application/`; empty disables the check.
     pub typ: Vec<String>,
-    /// Whether readiness waits for its keys.
+    /// Whether readiness waits for its keys (and its revocation snapshot).
     pub required: bool,
+    /// Its revocation feed's state, when it has one: checked on every request.
+    pub revocations: Option<Arc<Revocations>>,
 }
 
 /// Outcome counters the verifier reports (wired to Prometheus by the caller).
@@ -87,11 +91,12 @@ impl Verifier {
         self.issuers.values()
     }
 
-    /// Whether every required issuer has keys.
+    /// Whether every required issuer has keys and, with a revocation feed, its snapshot.
     pub fn ready(&self) -> bool {
-        self.issuers
-            .values()
-            .all(|i| !i.required || i.keys.is_ready())
+        self.issuers.values().all(|i| {
+            !i.required
+                || (i.keys.is_ready() && i.revocations.as_ref().is_none_or(|r| r.is_loaded()))
+        })
     }
 
     fn cache_key(&self, token: &str) -> [u8; 32] {
@@ -112,9 +117,9 @@ impl Verifier {
             return Err(AuthError::TooLarge);
         }
         let key = self.cache_key(token);
+        let now = now_secs();
         if let Some(hit) = self.cache.cache.get(&key) {
             observer.cache(true);
-            let now = now_secs();
             if hit.exp.saturating_add(hit.issuer.leeway) <= now {
                 self.cache.cache.invalidate(&key);
                 return Err(AuthError::Expired);
@@ -124,7 +129,7 @@ impl Verifier {
                     if set.generation == hit.key_generation
                         || set.contains_thumbprint(hit.key_thumbprint()) =>
                 {
-                    return Ok(hit)
+                    return not_revoked(hit, now)
                 }
                 Some(_) => {
                     self.cache.cache.invalidate(&key);
@@ -135,8 +140,9 @@ impl Verifier {
         }
         observer.cache(false);
         let verified = Arc::new(self.verify_uncached(token).await?);
+        // Cached even when revoked: the verification holds, and the check runs on every hit.
         self.cache.cache.insert(key, verified.clone());
-        Ok(verified)
+        not_revoked(verified, now)
     }
 
     async fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, AuthError> {
@@ -259,6 +265,10 @@ impl Verifier {
 
         // Identity header values, in sending order, then the audiences: one buffer.
         let text = |name: &str| claims.get(name).and_then(Value::as_str);
+        let revocation_keys = match &issuer.revocations {
+            Some(_) => TokenKeys::of(text("sid"), text("sub")),
+            None => TokenKeys::default(),
+        };
         let mut t = TextBuilder::default();
         // Exactly the bytes appended below, so `into_boxed_slice` need not shrink (copy) it.
         let joined_len = |l: &[&str]| {
@@ -321,6 +331,8 @@ impl Verifier {
             issuer,
             exp,
             auth_time,
+            iat,
+            revocation_keys,
             key_generation: set.generation,
             key,
             identity,
@@ -329,6 +341,15 @@ impl Verifier {
             list_ends,
         })
     }
+}
+
+/// The token unless its issuer's revocation feed revokes it.
+#[inline]
+fn not_revoked(t: Arc<VerifiedToken>, now: u64) -> Result<Arc<VerifiedToken>, AuthError> {
+    if let Some(r) = &t.issuer.revocations {
+        r.check(&t.revocation_keys, t.iat, now)?;
+    }
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -355,6 +376,7 @@ mod tests {
             leeway: 30,
             typ: Vec::new(),
             required: true,
+            revocations: None,
         });
         let sign = move |claims: &Value| {
             let h64 = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","kid":"k1"}"#);

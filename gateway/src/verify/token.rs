@@ -42,6 +42,10 @@ pub struct VerifiedToken {
     pub exp: u64,
     /// `auth_time`, else `iat`.
     pub auth_time: Option<u64>,
+    /// `iat` (a subject's revocation cut-off is compared with it).
+    pub iat: Option<u64>,
+    /// Digests of `sid` and `sub` for the issuer's revocation check (empty without a feed).
+    pub(crate) revocation_keys: crate::revocation::TokenKeys,
     /// Key-set generation at verification time (skip the revocation check while unchanged).
     pub key_generation: u64,
     /// The key that verified it (its thumbprint is checked against later key sets).

@@ -89,6 +89,9 @@ pub struct ServerMetadata {
     pub response_types_supported: Vec<String>,
     /// Empty, for the same reason (omitted, RFC 8414 would mean `query` and `fragment`).
     pub response_modes_supported: Vec<String>,
+    /// Portcullis extension: the revocation feed gateways follow (`/v1/revocations`, feed
+    /// token required), so a gateway configured with discovery finds it.
+    pub revocation_feed_endpoint: String,
 }
 
 impl ServerMetadata {
@@ -109,6 +112,7 @@ impl ServerMetadata {
             revocation_endpoint_auth_methods_supported: strings(&any_client),
             response_types_supported: Vec::new(),
             response_modes_supported: Vec::new(),
+            revocation_feed_endpoint: format!("{iss}/v1/revocations"),
         }
     }
 }
