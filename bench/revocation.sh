@@ -348,6 +348,7 @@ while [ "$(records "${G_ADMINS[many]}" session)" != "$want" ]; do
   sleep 0.2
 done
 RECORDS_AT_READY=$(records "${G_ADMINS[many]}" session)
+READS_AT_READY=$(metric "${G_ADMINS[many]}" '^portcullis_revocation_feed_reads_total[{].*result="ok"')
 RECORDS_NONE=$(records "${G_ADMINS[none]}" session)
 sleep 1
 for c in many none; do
@@ -510,6 +511,9 @@ FRAG=$TMP/section.md
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   echo "| many | ${READY_S[many]} | $RECORDS_AT_READY | $(mib "${RSS_KB[many]}") | $(mib "${HWM_KB[many]}") | $(mib "${RSS_AFTER_KB[many]}") | $(num "${RPS[many]}") | $(ms "${P99[many]}") | ${CPU[many]} | ${ERRS[many]} / ${NON2XX[many]} |"
   echo "| none | ${READY_S[none]} | $RECORDS_NONE | $(mib "${RSS_KB[none]}") | $(mib "${HWM_KB[none]}") | $(mib "${RSS_AFTER_KB[none]}") | $(num "${RPS[none]}") | $(ms "${P99[none]}") | ${CPU[none]} | ${ERRS[none]} / ${NON2XX[none]} |"
+  echo
+  echo "Gateway *many* had made $READS_AT_READY successful feed reads (snapshot pages of at most 1,000 records)"
+  echo "when its records metric reached $RECORDS_AT_READY."
   echo
   echo "RSS delta: $DELTA_MIB MiB = $PER_RECORD bytes per record. A logout on top of the"
   if [ "$ON_TOP_S" = - ]; then
