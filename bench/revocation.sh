@@ -275,9 +275,14 @@ while IFS='=' read -r k v; do
 done <"$TMP/propagation.env"
 [ -n "${P[logouts]:-}" ] || die "no driver summary in $TMP/propagation.env"
 DRIVER_PROBLEMS=$(grep 'problem:' "$TMP/logs/driver.err" || true)
+# The gauges are refreshed once a second: wait (up to 5 s) for every logout to be counted.
 GW_RECORDS=()
 for k in 0 1 2; do
-  GW_RECORDS+=("$(records "${GW_ADMINS[k]}" session)")
+  deadline=$((SECONDS + 5))
+  while n=$(records "${GW_ADMINS[k]}" session) && [ "$n" != "$LOGOUTS" ] && [ "$SECONDS" -le "$deadline" ]; do
+    sleep 0.2
+  done
+  GW_RECORDS+=("$n")
 done
 log "propagation: p50 ${P[all_p50_ms]} ms, p99 ${P[all_p99_ms]} ms, max ${P[all_max_ms]} ms; control failures ${P[control_failures]}; never refused ${P[never_refused]}"
 for ((k = ${#GW_PIDS[@]} - 1; k >= 0; k--)); do
@@ -394,6 +399,9 @@ done
 TOKEN2=$(login)
 [ -n "$TOKEN2" ] || die "password login failed"
 code_before=$(http_code -H "Authorization: Bearer $TOKEN2" "${G_URLS[many]}")
+LAG_METRIC=$(curl -s --max-time 5 "http://127.0.0.1:${G_ADMINS[many]}/metrics" |
+  awk '/^portcullis_revocation_feed_lag_seconds/ {print $NF; exit}')
+LAG_METRIC=${LAG_METRIC:--}
 code_logout=$(http_code -X POST -H "Authorization: Bearer $TOKEN2" "http://127.0.0.1:$R_PORT/v1/auth/logout")
 t0=$(now_s)
 code_after=000 ON_TOP_S="-"
@@ -406,10 +414,11 @@ while [ "$SECONDS" -le "$deadline" ]; do
   fi
   sleep 0.005
 done
-ON_TOP_RECORDS=$(records "${G_ADMINS[many]}" session)
-LAG_METRIC=$(curl -s --max-time 5 "http://127.0.0.1:${G_ADMINS[many]}/metrics" |
-  awk '/^portcullis_revocation_feed_lag_seconds/ {print $NF; exit}')
-LAG_METRIC=${LAG_METRIC:--}
+deadline=$((SECONDS + 5))
+while ON_TOP_RECORDS=$(records "${G_ADMINS[many]}" session) &&
+  [ "$ON_TOP_RECORDS" != $((RECORDS + 1)) ] && [ "$SECONDS" -le "$deadline" ]; do
+  sleep 0.2
+done
 log "logout on top of $RECORDS: $code_before → logout $code_logout → $code_after after ${ON_TOP_S} s"
 for c in none many; do
   stop_pid "${G_PIDS[$c]}" INT
@@ -522,7 +531,9 @@ FRAG=$TMP/section.md
     on_top="then 401 ${ON_TOP_S} s after the logout's answer (curl calls every ~5 ms)"
   fi
   echo "$(grouped "$RECORDS") records at gateway *many*: the token answered $code_before before, the logout $code_logout,"
-  echo "$on_top; records held afterwards: $ON_TOP_RECORDS; \`portcullis_revocation_feed_lag_seconds\` $LAG_METRIC."
+  echo "$on_top; records held afterwards: $ON_TOP_RECORDS. (\`portcullis_revocation_feed_lag_seconds\` just"
+  echo "before the logout: $LAG_METRIC; it counts from the last answer, so an idle feed shows up to the issuer's"
+  echo "long-poll wait, 25 s.)"
   echo
   echo "### Revocation targets"
   echo
