@@ -516,10 +516,10 @@ FRAG=$TMP/section.md
   echo "$ROUNDS interleaved round(s), medians. RSS = \`VmRSS\` from \`/proc/PID/status\`, 1 s after"
   echo "\`/readyz\` and the records metric were both reached, before any traffic."
   echo
-  echo "| gateway | start → /readyz 200 s | session records | RSS MiB after load | peak RSS (VmHWM) MiB | RSS MiB after the rounds | req/s | p99 ms | CPU µs/req | errors / non-2xx |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-  echo "| many | ${READY_S[many]} | $RECORDS_AT_READY | $(mib "${RSS_KB[many]}") | $(mib "${HWM_KB[many]}") | $(mib "${RSS_AFTER_KB[many]}") | $(num "${RPS[many]}") | $(ms "${P99[many]}") | ${CPU[many]} | ${ERRS[many]} / ${NON2XX[many]} |"
-  echo "| none | ${READY_S[none]} | $RECORDS_NONE | $(mib "${RSS_KB[none]}") | $(mib "${HWM_KB[none]}") | $(mib "${RSS_AFTER_KB[none]}") | $(num "${RPS[none]}") | $(ms "${P99[none]}") | ${CPU[none]} | ${ERRS[none]} / ${NON2XX[none]} |"
+  echo "| gateway | start → /readyz 200 s | session records | RSS MiB after load | peak RSS (VmHWM) MiB | RSS MiB after the rounds | req/s (median) | req/s min–max | p99 ms | CPU µs/req | errors / non-2xx |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| many | ${READY_S[many]} | $RECORDS_AT_READY | $(mib "${RSS_KB[many]}") | $(mib "${HWM_KB[many]}") | $(mib "${RSS_AFTER_KB[many]}") | $(num "${RPS[many]}") | $(num "$(colv many 3 | minv)")–$(num "$(colv many 3 | maxv)") | $(ms "${P99[many]}") | ${CPU[many]} | ${ERRS[many]} / ${NON2XX[many]} |"
+  echo "| none | ${READY_S[none]} | $RECORDS_NONE | $(mib "${RSS_KB[none]}") | $(mib "${HWM_KB[none]}") | $(mib "${RSS_AFTER_KB[none]}") | $(num "${RPS[none]}") | $(num "$(colv none 3 | minv)")–$(num "$(colv none 3 | maxv)") | $(ms "${P99[none]}") | ${CPU[none]} | ${ERRS[none]} / ${NON2XX[none]} |"
   echo
   echo "Gateway *many* had made $READS_AT_READY successful feed reads (snapshot pages of at most 1,000 records)"
   echo "when its records metric reached $RECORDS_AT_READY."
