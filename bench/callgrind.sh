@@ -10,10 +10,17 @@
 #   request is (I(large) - I(small)) / (large - small), so start-up and shutdown cancel out
 #   (one connection carries them all: stay below keepalive_requests, 1000 by default).
 # Paths under /api/ carry an ES256 token minted by bench/tokengen (the JWT route, cache warm).
+# CG_FEED=N: start a real issuer (SQLite) holding N revoked sessions and follow its revocation
+#   feed (default config bench/callgrind-revocation.yaml.in); each run waits for the snapshot.
 # Prints one line per binary and path: instructions per request.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CONFIG=${CG_CONFIG:-$ROOT/bench/callgrind-gateway.yaml.in}
+FEED=${CG_FEED:-}
+if [ -n "$FEED" ]; then
+  CONFIG=${CG_CONFIG:-$ROOT/bench/callgrind-revocation.yaml.in}
+else
+  CONFIG=${CG_CONFIG:-$ROOT/bench/callgrind-gateway.yaml.in}
+fi
 PATHS=${CG_PATHS:-/public/x}
 SMALL=${CG_SMALL:-100}
 LARGE=${CG_LARGE:-900}
@@ -36,6 +43,41 @@ cargo build --quiet --release --manifest-path "$ROOT/bench/tokengen/Cargo.toml" 
 "$ROOT/target/release/tokengen" --out "$KEYS" --iss https://bench.portcullis.test --aud demo \
   --count 1 --ttl 7200 2>/dev/null
 TOKEN=$(head -n 1 "$KEYS/tokens-ES256.txt")
+
+FEED_URL=none FEED_TOKEN_FILE=none READY=/healthz
+if [ -n "$FEED" ]; then
+  ISS_PORT=$(free_port)
+  mkdir -p "$TMP/issuer"
+  cat >"$TMP/issuer/issuer.yaml" <<YAML
+listen: 127.0.0.1:$ISS_PORT
+admin_listen: 127.0.0.1:$(free_port)
+database_url: sqlite://$TMP/issuer/issuer.db
+issuer: http://127.0.0.1:$ISS_PORT
+secrets:
+  dir: $TMP/issuer/secrets
+YAML
+  "${CG_ISSUER:-$ROOT/target/release/portcullis-issuer}" -c "$TMP/issuer/issuer.yaml" >"$TMP/issuer.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$ISS_PORT/readyz" 2>/dev/null && break
+    sleep 0.1
+  done
+  # N revoked sessions, as N logouts would leave them (sids unlike the bench token's).
+  python3 - "$TMP/issuer/issuer.db" "$FEED" <<'PY'
+import sqlite3, sys, time
+db, n = sqlite3.connect(sys.argv[1]), int(sys.argv[2])
+now = int(time.time())
+db.executemany(
+    "INSERT INTO revocations (seq, kind, target, not_before, created_at, relevant_until)"
+    " VALUES (?, 'session', ?, NULL, ?, ?)",
+    ((i + 1, f"revoked-session-{i:09d}", now, now + 7200) for i in range(n)))
+db.execute("UPDATE revocation_feed SET last_seq = ?", (n,))
+db.commit()
+PY
+  FEED_URL=http://127.0.0.1:$ISS_PORT/v1/revocations
+  FEED_TOKEN_FILE=$TMP/issuer/secrets/feed-token
+  READY=/readyz
+fi
 
 UP_PORT=$(free_port)
 "$UPSTREAM_BIN" --listen "127.0.0.1:$UP_PORT" --name cg >"$TMP/upstream.log" 2>&1 &
@@ -81,12 +123,13 @@ count() {
   port=$(free_port)
   admin=$(free_port)
   sed -e "s#@PORT@#$port#g" -e "s#@ADMIN_PORT@#$admin#g" -e "s#@UPSTREAM_PORT@#$UP_PORT#g" \
-    -e "s#@DIR@#$dir#g" -e "s#@KEYS@#$KEYS#g" "$CONFIG" >"$dir/gateway.yaml"
+    -e "s#@DIR@#$dir#g" -e "s#@KEYS@#$KEYS#g" -e "s#@FEED_URL@#$FEED_URL#g" \
+    -e "s#@FEED_TOKEN_FILE@#$FEED_TOKEN_FILE#g" "$CONFIG" >"$dir/gateway.yaml"
   valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$bin" -c "$dir/gateway.yaml" \
     >"$dir/gw.log" 2>&1 &
   local vg=$!
   for _ in $(seq 1 600); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$admin/healthz" 2>/dev/null && break
+    curl -fsS -o /dev/null "http://127.0.0.1:$admin$READY" 2>/dev/null && break
     sleep 0.1
   done
   send "$port" "$path" 20 # warm-up: connection pools, lazy statics

@@ -59,6 +59,8 @@ Walk-through:
   # 4. the logged-out session's refresh token is refused
   curl -s http://127.0.0.1:8080/auth/v1/auth/refresh -H 'Content-Type: application/json' \\
        -d "{\"refresh_token\":\"\$(jq -r .refresh_token /tmp/refresh.json)\"}"
+  #    and so is its access token, at the gateway (revocation feed)
+  curl -s http://127.0.0.1:8080/api/orders -H "Authorization: Bearer \$(jq -r .access_token /tmp/refresh.json)"
   # 5. sign in by phone: the SMS code goes to data/sms.log (log provider), the first
   #    verification creates the account
   curl -s http://127.0.0.1:8080/auth/v1/auth/sms/start -H 'Content-Type: application/json' \\

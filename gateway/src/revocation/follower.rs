@@ -18,7 +18,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// Waits after a failed read: doubled per failure up to the maximum.
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// An empty answer faster than this did not wait: the server does not long-poll, so pause.
+/// An answer with nothing new faster than this did not wait (a server that does not long-poll,
+/// or one that answers every read with a snapshot): pause before the next read.
 const TOO_QUICK: Duration = Duration::from_millis(50);
 
 type Observer = Box<dyn Fn(&Revocations) + Send + Sync>;
@@ -154,7 +155,9 @@ async fn read_forever(state: Arc<Revocations>) {
                     failing = false;
                 }
                 retry = RETRY_MIN;
-                let idle = page.changes.is_empty() && !page.more && !page.snapshot;
+                // Nothing new (or a whole snapshot again) at once: this server did not wait,
+                // and asking again at once would spin.
+                let idle = !page.more && (page.changes.is_empty() || page.snapshot);
                 cursor = Some(page.next);
                 state.apply(page, &mut snapshot);
                 state.read_ok();
