@@ -128,7 +128,9 @@ if ! pg_bindir >/dev/null; then
   [ "$POSTGRES" = 1 ] && die "BENCH_POSTGRES=1 but initdb was not found"
   skip_section "initdb was not found (these benchmarks need PostgreSQL: scripts/install-deps.sh postgres installs it)"
 fi
-for tool in wrk curl awk sed python3; do
+command -v python3 >/dev/null 2>&1 ||
+  skip_section "python3 was not found (the propagation driver, bench/revocation_driver.py, needs it)"
+for tool in wrk curl awk sed; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is missing"
 done
 for b in portcullis-gateway portcullis-issuer portcullis-demo-upstream; do
