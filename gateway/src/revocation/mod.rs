@@ -164,10 +164,16 @@ impl Revocations {
         next.set.copy_from(&previous.set);
         next.loaded
             .store(previous.loaded.load(Ordering::Acquire), Ordering::Release);
-        next.last_read.store(
-            previous.last_read.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+        // The counters continue: the exposed metrics only ever move up to them.
+        for (to, from) in [
+            (&next.last_read, &previous.last_read),
+            (&next.session_events, &previous.session_events),
+            (&next.subject_events, &previous.subject_events),
+            (&next.reads_ok, &previous.reads_ok),
+            (&next.reads_failed, &previous.reads_failed),
+        ] {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         next
     }
 

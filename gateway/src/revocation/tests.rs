@@ -142,6 +142,12 @@ fn a_reload_keeps_what_is_known() {
     old.read_ok();
     let next = Revocations::succeeding("main".into(), spec(StalePolicy::Refuse), &old);
     assert!(next.is_loaded());
+    let (before, after) = (old.stats(), next.stats());
+    assert_eq!(
+        (after.session_events, after.reads_ok),
+        (before.session_events, before.reads_ok),
+        "counters continue across a reload"
+    );
     assert_eq!(
         next.check(&TokenKeys::of(Some("s-1"), None), None, now_secs()),
         Err(AuthError::SessionRevoked)
