@@ -90,7 +90,14 @@ impl ServeHttp for AdminApp {
                 let (status, body) = self.readiness();
                 reply(status, "application/json", body.to_string().into_bytes())
             }
-            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.live.metrics.render()),
+            "/metrics" => {
+                // Revocation state is published at scrape time too, so /metrics never lags
+                // behind /readyz (the follower's tick publishes it once a second as well).
+                for r in self.live.current().revocations.values() {
+                    self.live.metrics.publish_revocations(r);
+                }
+                reply(StatusCode::OK, "text/plain; version=0.0.4", self.live.metrics.render())
+            }
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "application/json",

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub revocation_reads: IntCounterVec,
     /// 1 while an issuer's feed is stale (unread for longer than `max_stale`).
     pub revocation_stale: IntGaugeVec,
+    /// Serialises `publish_revocations` (the follower's tick and a scrape may both call it;
+    /// `advance` reads then adds). Never taken on the request path.
+    publishing: std::sync::Mutex<()>,
 }
 
 impl Metrics {
@@ -209,6 +212,7 @@ impl Metrics {
         registry.register(Box::new(revocation_reads.clone()))?;
         registry.register(Box::new(revocation_stale.clone()))?;
         Ok(Metrics {
+            publishing: std::sync::Mutex::new(()),
             revocation_lag,
             revocation_records,
             revocation_events,
@@ -234,8 +238,10 @@ impl Metrics {
         })
     }
 
-    /// Publishes one issuer's revocation feed state (called once a second by the follower).
+    /// Publishes one issuer's revocation feed state (once a second by the follower, and at
+    /// every scrape).
     pub fn publish_revocations(&self, r: &crate::revocation::Revocations) {
+        let _one_at_a_time = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
         let s = r.stats();
         let name = r.name();
         self.revocation_lag

@@ -181,6 +181,61 @@ impl Gateway {
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
+
+    /// The admin `/metrics` page.
+    pub fn metrics(&self) -> String {
+        String::from_utf8_lossy(&raw_get(self.admin_port, "/metrics", &[]).body).into_owned()
+    }
+
+    /// The admin `/readyz` answer: status and JSON body (`Value::Null` when not JSON).
+    pub fn readyz(&self) -> (u16, Value) {
+        let r = raw_get(self.admin_port, "/readyz", &[]);
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Waits up to `timeout` until `/readyz` answers 200; panics with its last answer and the
+    /// gateway's stderr otherwise.
+    #[track_caller]
+    pub fn wait_ready(&self, timeout: Duration) {
+        if !wait_for(timeout, || self.readyz().0 == 200) {
+            let (status, body) = self.readyz();
+            panic!(
+                "gateway not ready after {timeout:?}: /readyz {status} {body}\n{}",
+                self.proc.stderr_text()
+            );
+        }
+    }
+}
+
+/// The value of the series `name` whose labels include all of `labels` on a Prometheus text
+/// page (e.g. [`Gateway::metrics`]), if present.
+pub fn metric_value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, label_text) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let pairs: Vec<(&str, &str)> = label_text
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+                .collect();
+            labels
+                .iter()
+                .all(|want| pairs.contains(want))
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
 }
 
 /// The `server:` block every test config uses (pid and upgrade socket inside `dir`).
