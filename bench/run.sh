@@ -865,7 +865,7 @@ fi
       case $name in
         signature/*) what="bare signature check (\`jsonwebtoken::crypto::verify\`)" ;;
         verify_uncached/*) what="\`Verifier::verify\`, token not cached: parse, key lookup, signature, claims, identity headers, cache insert" ;;
-        verify_cached/*) what="\`Verifier::verify\`, cache hit (SHA-256 of the token, lookup, exp and key checks)" ;;
+        verify_cached/*) what="\`Verifier::verify\`, cache hit (keyed SipHash of the token, lookup, full comparison, exp, key and revocation checks)" ;;
         route_match/prefix_1000_*) what="\`Router::lookup\`, 1,000 prefix routes" ;;
         route_match/mixed_1000_*) what="\`Router::lookup\`, 1,000 routes: 800 prefix, 150 exact, 50 regex" ;;
         identity_headers/*) what="8 identity headers into a \`RequestHeader\` (\`Identity::headers\`)" ;;

@@ -1,14 +1,18 @@
-//! The verified-token cache (moka): keyed by a hash of the token, an entry never outlives the
-//! token's `exp`, bounded in entries and bytes.
+//! The verified-token cache (moka): keyed by a keyed 64-bit hash of the token (a hit is then
+//! compared with the token in full), an entry never outlives the token's `exp`, bounded in
+//! entries and bytes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{now_secs, VerifiedToken};
 
+/// A cache key: SipHash-1-3 of (generation, token) under a per-process random key.
+pub(super) type CacheKey = u64;
+
 /// Cached verification results, shared by every config generation.
 pub struct TokenCache {
-    pub(super) cache: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
+    pub(super) cache: moka::sync::Cache<CacheKey, Arc<VerifiedToken>>,
 }
 
 /// moka's own bookkeeping per entry (entry info, hash-table bucket, deque and timer-wheel
@@ -17,10 +21,10 @@ pub(super) const ENTRY_OVERHEAD: usize = 320;
 
 pub(super) struct ExpireAtExp;
 
-impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for ExpireAtExp {
+impl moka::Expiry<CacheKey, Arc<VerifiedToken>> for ExpireAtExp {
     fn expire_after_create(
         &self,
-        _k: &[u8; 32],
+        _k: &CacheKey,
         v: &Arc<VerifiedToken>,
         _now: std::time::Instant,
     ) -> Option<Duration> {
@@ -54,7 +58,7 @@ impl TokenCache {
                 let floor = (max_bytes / max_entries).max(1);
                 builder
                     .max_capacity(max_bytes)
-                    .weigher(move |_k: &[u8; 32], v: &Arc<VerifiedToken>| -> u32 {
+                    .weigher(move |_k: &CacheKey, v: &Arc<VerifiedToken>| -> u32 {
                         let bytes = (v.approx_bytes() + ENTRY_OVERHEAD) as u64;
                         bytes.max(floor).min(max_bytes).min(u32::MAX as u64) as u32
                     })

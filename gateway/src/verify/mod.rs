@@ -6,7 +6,8 @@
 //! only from configuration (`jwk`, `jku`, `x5u`, `x5c` headers are never used).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, OnceLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -14,7 +15,6 @@ use bytes::Bytes;
 use http::HeaderValue;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::jwks::{IssuerKeys, KeyLookup};
 use crate::revocation::{Revocations, TokenKeys};
@@ -23,6 +23,7 @@ mod cache;
 mod error;
 mod token;
 
+use cache::CacheKey;
 pub use cache::TokenCache;
 pub use error::AuthError;
 pub use token::{canonical_typ, claim_at, header_value, now_secs, VerifiedToken, IDENTITY_SLOTS};
@@ -99,11 +100,14 @@ impl Verifier {
         })
     }
 
-    fn cache_key(&self, token: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(self.generation.to_le_bytes());
-        h.update(token.as_bytes());
-        h.finalize().into()
+    /// Where `token` is cached. A keyed hash, not a cryptographic digest of every token on
+    /// every request: a hit is compared with the token byte for byte
+    /// ([`VerifiedToken::is_token`]), so a collision (by chance, or aimed by someone who
+    /// cannot see the key anyway) costs a verification, never another token's identity.
+    fn cache_key(&self, token: &str) -> CacheKey {
+        static KEY: OnceLock<RandomState> = OnceLock::new();
+        KEY.get_or_init(RandomState::new)
+            .hash_one((self.generation, token))
     }
 
     /// Verifies a token, from the cache when possible.
@@ -118,7 +122,7 @@ impl Verifier {
         }
         let key = self.cache_key(token);
         let now = now_secs();
-        if let Some(hit) = self.cache.cache.get(&key) {
+        if let Some(hit) = self.cache.cache.get(&key).filter(|h| h.is_token(token)) {
             observer.cache(true);
             if hit.exp.saturating_add(hit.issuer.leeway) <= now {
                 self.cache.cache.invalidate(&key);
@@ -287,7 +291,9 @@ impl Verifier {
                 + opt_len("jti")
                 + joined_len(&amr)
                 + p64.len()
-                + audiences.iter().map(|a| a.len()).sum::<usize>(),
+                + audiences.iter().map(|a| a.len()).sum::<usize>()
+                + h64.len()
+                + s64.len(),
         );
         // Exact: no growth on the way and no shrinking copy in `into_boxed_slice`.
         t.items
@@ -307,6 +313,10 @@ impl Verifier {
         t.joined(6, LIST_AMR, &amr, ",")?;
         t.value(SLOT_CLAIMS, p64)?;
         t.list(LIST_AUDIENCES, &audiences)?;
+        // The token's other two parts, so a cache hit can be compared with it in full (the
+        // payload is the claims value above).
+        let head = t.raw(h64)?;
+        let signature = t.raw(s64)?;
 
         let TextBuilder {
             buf,
@@ -339,6 +349,8 @@ impl Verifier {
             text,
             items: items.into_boxed_slice(),
             list_ends,
+            head,
+            signature,
         })
     }
 }
@@ -361,6 +373,7 @@ mod tests {
     fn hs_fixture() -> (Arc<Issuer>, impl Fn(&Value) -> String) {
         use crate::jwks::{hmac_key, KeySource, RefreshPolicy};
         use hmac::{Hmac, Mac};
+        use sha2::Sha256;
         let secret = b"unit-test-secret-unit-test-secret".to_vec();
         let key = hmac_key(&secret, Some("k1")).expect("hmac key");
         let issuer = Arc::new(Issuer {
@@ -453,6 +466,36 @@ mod tests {
             futures::executor::block_on(verifier.verify(&sign(&bad), &Quiet)).err(),
             Some(AuthError::InvalidClaim)
         );
+    }
+
+    /// The cache key is a fast keyed hash; what makes a hit safe is the full comparison. Plant
+    /// token A's result under token B's key (a collision): B must get its own identity.
+    #[test]
+    fn a_cache_key_collision_never_answers_for_another_token() {
+        let (issuer, sign) = hs_fixture();
+        let verifier = Verifier::new(vec![issuer], 8192, 1, Arc::new(TokenCache::new(16)));
+        let claims = |sub: &str| serde_json::json!({"iss": "https://iss.test", "sub": sub, "exp": now_secs() + 600});
+        let (a, b) = (sign(&claims("alice")), sign(&claims("bob")));
+        let verified_a = futures::executor::block_on(verifier.verify(&a, &Quiet)).expect("a");
+        assert!(verified_a.is_token(&a));
+        // Every part of the token is compared, and its length.
+        let parts: Vec<&str> = a.split('.').collect();
+        for other in [
+            b.clone(),
+            format!("{}x.{}.{}", parts[0], parts[1], parts[2]),
+            format!("{}.{}x.{}", parts[0], parts[1], parts[2]),
+            format!("{}.{}.{}x", parts[0], parts[1], parts[2]),
+            format!("{}.{}", parts[0], parts[1]),
+            String::new(),
+        ] {
+            assert!(!verified_a.is_token(&other), "{other}");
+        }
+        verifier
+            .cache
+            .cache
+            .insert(verifier.cache_key(&b), verified_a.clone());
+        let verified_b = futures::executor::block_on(verifier.verify(&b, &Quiet)).expect("b");
+        assert_eq!(verified_b.subject(), Some("bob"));
     }
 
     #[test]

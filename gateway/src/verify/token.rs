@@ -58,6 +58,10 @@ pub struct VerifiedToken {
     pub(super) items: Box<[(u32, u32)]>,
     /// End of each list in `items` (scopes, roles, amr, audiences).
     pub(super) list_ends: [u16; 4],
+    /// The token's header part in `text` (for [`Self::is_token`]).
+    pub(super) head: (u32, u32),
+    /// The token's signature part in `text`.
+    pub(super) signature: (u32, u32),
 }
 
 impl VerifiedToken {
@@ -73,6 +77,25 @@ impl VerifiedToken {
         self.identity[SLOT_SESSION]
             .as_ref()
             .and_then(|v| v.to_str().ok())
+    }
+
+    /// Whether this is the verification of exactly `token` (header, payload and signature
+    /// compared byte for byte): what makes a cache hit safe under a non-cryptographic key.
+    #[inline]
+    pub(super) fn is_token(&self, token: &str) -> bool {
+        let span = |(a, b): (u32, u32)| self.text.get(a as usize..b as usize).unwrap_or(&[]);
+        let (head, signature) = (span(self.head), span(self.signature));
+        let payload = self.identity[SLOT_CLAIMS]
+            .as_ref()
+            .map_or(&[][..], |v| v.as_bytes());
+        let t = token.as_bytes();
+        let (h, p) = (head.len(), payload.len());
+        t.len() == h + p + signature.len() + 2
+            && &t[..h] == head
+            && t[h] == b'.'
+            && &t[h + 1..h + 1 + p] == payload
+            && t[h + 1 + p] == b'.'
+            && &t[h + 2 + p..] == signature
     }
 
     /// Thumbprint of the key that verified it.
@@ -173,6 +196,14 @@ impl TextBuilder {
         if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             return Err(AuthError::InvalidClaim);
         }
+        let start = self.pos()?;
+        self.buf.extend_from_slice(s.as_bytes());
+        Ok((start, self.pos()?))
+    }
+
+    /// Appends token text kept only for comparison (base64url, checked by decoding).
+    #[inline]
+    pub(super) fn raw(&mut self, s: &str) -> Result<(u32, u32), AuthError> {
         let start = self.pos()?;
         self.buf.extend_from_slice(s.as_bytes());
         Ok((start, self.pos()?))
