@@ -67,6 +67,23 @@ cleanup() {
   exit "$rc"
 }
 
+# start_run NAME: the run's temporary directory as TMP (logs/, run/, wrk/; removed by cleanup
+# after a successful run), the cleanup traps, START_SECONDS and LOAD_START (other work on the
+# machine skews everything: the load is recorded in the report).
+# shellcheck disable=SC2034 # START_SECONDS and LOAD_START are read by the sourcing script
+start_run() {
+  START_SECONDS=$SECONDS
+  LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+  TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+  # nginx workers and a PostgreSQL cluster owned by another user must reach their directories.
+  chmod 755 "$TMP"
+  mkdir -p "$TMP/logs" "$TMP/run" "$TMP/wrk"
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  log "temporary directory: $TMP"
+}
+
 # spawn NAME CMD...: start CMD in the background (output in $TMP/logs/NAME.*); sets SPAWNED.
 SPAWNED=
 spawn() {

@@ -140,15 +140,7 @@ if [ "$LOGOUTS" -lt 1 ] || [ "$RECORDS" -lt 1 ]; then
   die "BENCH_REVOCATION_LOGOUTS and BENCH_REVOCATION_RECORDS must be at least 1"
 fi
 
-START_SECONDS=$SECONDS
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench-revocation.XXXXXX")
-chmod 755 "$TMP"
-mkdir -p "$TMP/logs" "$TMP/run" "$TMP/wrk"
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-log "temporary directory: $TMP"
+start_run portcullis-bench-revocation
 
 # now_s: seconds since the epoch, microsecond resolution.
 now_s() { echo "$EPOCHREALTIME"; }

@@ -84,22 +84,11 @@ for b in portcullis-gateway portcullis-issuer portcullis-demo-upstream; do
 done
 [ "$THREADS" -le "$CONNS" ] || die "BENCH_THREADS must not exceed BENCH_CONNECTIONS"
 
-START_SECONDS=$SECONDS
-# Other work on the machine skews everything: the load is recorded in the report.
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
-# nginx workers and a PostgreSQL cluster owned by another user must reach their directories.
-chmod 755 "$TMP"
-mkdir -p "$TMP/logs" "$TMP/run" "$TMP/wrk"
-
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+start_run portcullis-bench
 
 # ---------------------------------------------------------------------------------------------
 # Build the helpers, keys and tokens
 # ---------------------------------------------------------------------------------------------
-log "temporary directory: $TMP"
 log "building bench/tokengen"
 "$CARGO" build --quiet --release --manifest-path "$BENCH_DIR/tokengen/Cargo.toml" \
   --target-dir "$ROOT/target" || die "building bench/tokengen failed"

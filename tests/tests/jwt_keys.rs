@@ -142,38 +142,6 @@ fn wait_ready(gw: &Gateway) {
     );
 }
 
-/// The admin `/metrics` page.
-fn metrics(gw: &Gateway) -> String {
-    String::from_utf8_lossy(&raw_get(gw.admin_port, "/metrics", &[]).body).into_owned()
-}
-
-/// The value of the series `name` whose labels include all of `labels`, if present.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, label_text) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            if series_name != name {
-                return None;
-            }
-            let pairs: Vec<(&str, &str)> = label_text
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .filter_map(|p| p.split_once('='))
-                .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
-                .collect();
-            labels
-                .iter()
-                .all(|want| pairs.contains(want))
-                .then(|| value.trim().parse::<f64>().ok())
-                .flatten()
-        })
-}
-
 /// Waits (bounded) until the series reaches a value for which `ok` holds; returns the last
 /// value seen.
 fn wait_metric(
@@ -184,7 +152,7 @@ fn wait_metric(
 ) -> Option<f64> {
     let mut last = None;
     wait_for(Duration::from_secs(5), || {
-        last = metric(&metrics(gw), name, labels);
+        last = metric_value(&gw.metrics(), name, labels);
         last.is_some_and(&ok)
     });
     last
@@ -461,7 +429,7 @@ fn remote_symmetric_and_1024_bit_rsa_keys_are_ignored() {
         keys,
         Some(1.0),
         "oct and RSA-1024 keys must be skipped:\n{}",
-        metrics(gw)
+        gw.metrics()
     );
 
     let hs = jwt::sign(
@@ -584,7 +552,7 @@ fn jwks_outage_keeps_the_cached_keys_working() {
     assert!(
         errors >= Some(1.0),
         "failed fetches are counted:\n{}",
-        metrics(gw)
+        gw.metrics()
     );
 
     assert_passes(gw, &seen, "cached token during the outage");
@@ -692,7 +660,11 @@ fn a_cached_token_is_refused_once_it_expires() {
     let expired = wait_metric(gw, "portcullis_auth_total", &[("reason", "expired")], |v| {
         v >= 1.0
     });
-    assert!(expired >= Some(1.0), "counted as expired:\n{}", metrics(gw));
+    assert!(
+        expired >= Some(1.0),
+        "counted as expired:\n{}",
+        gw.metrics()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -757,11 +729,11 @@ fn refresh_revalidates_with_if_none_match_and_keeps_the_keys() {
     assert!(
         ok >= Some(3.0),
         "a 304 counts as a successful fetch:\n{}",
-        metrics(gw)
+        gw.metrics()
     );
     assert_eq!(
-        metric(
-            &metrics(gw),
+        metric_value(
+            &gw.metrics(),
             "portcullis_jwks_fetches_total",
             &[("issuer", "idp"), ("result", "error")]
         )
@@ -865,10 +837,10 @@ fn key_files_pem_and_jwks_verify_without_network() {
         "the JWKS file's key for the PEM issuer: {}",
         explain(&resp)
     );
-    let m = metrics(gw);
+    let m = gw.metrics();
     assert!(
-        metric(&m, "portcullis_jwks_fetches_total", &[("issuer", "pem")]).is_none()
-            && metric(&m, "portcullis_jwks_fetches_total", &[("issuer", "file")]).is_none(),
+        metric_value(&m, "portcullis_jwks_fetches_total", &[("issuer", "pem")]).is_none()
+            && metric_value(&m, "portcullis_jwks_fetches_total", &[("issuer", "file")]).is_none(),
         "static keys are never fetched:\n{m}"
     );
 }
@@ -941,13 +913,13 @@ fn key_and_cache_metrics() {
         &[("issuer", "idp"), ("result", "ok")],
         |v| v >= 1.0,
     );
-    assert!(ok >= Some(1.0), "fetches ok:\n{}", metrics(gw));
+    assert!(ok >= Some(1.0), "fetches ok:\n{}", gw.metrics());
     let keys = wait_metric(gw, "portcullis_jwks_keys", &[("issuer", "idp")], |v| {
         v == 3.0
     });
-    assert_eq!(keys, Some(3.0), "keys held:\n{}", metrics(gw));
-    let age = metric(
-        &metrics(gw),
+    assert_eq!(keys, Some(3.0), "keys held:\n{}", gw.metrics());
+    let age = metric_value(
+        &gw.metrics(),
         "portcullis_jwks_age_seconds",
         &[("issuer", "idp")],
     );
@@ -956,17 +928,17 @@ fn key_and_cache_metrics() {
         "age after a success: {age:?}"
     );
 
-    let hit = |m: &str| metric(m, "portcullis_token_cache_total", &[("result", "hit")]);
+    let hit = |m: &str| metric_value(m, "portcullis_token_cache_total", &[("result", "hit")]);
     let token = es256(&k1, &iss, 300);
     assert_passes(gw, &token, "first use");
     assert_eq!(
-        hit(&metrics(gw)).unwrap_or(0.0),
+        hit(&gw.metrics()).unwrap_or(0.0),
         0.0,
         "a first use is no hit"
     );
     assert!(
-        metric(
-            &metrics(gw),
+        metric_value(
+            &gw.metrics(),
             "portcullis_token_cache_total",
             &[("result", "miss")]
         ) >= Some(1.0),
@@ -974,8 +946,8 @@ fn key_and_cache_metrics() {
     );
     assert_passes(gw, &token, "second use");
     assert!(
-        hit(&metrics(gw)) >= Some(1.0),
+        hit(&gw.metrics()) >= Some(1.0),
         "a repeated token is a cache hit:\n{}",
-        metrics(gw)
+        gw.metrics()
     );
 }
