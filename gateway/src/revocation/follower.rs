@@ -166,9 +166,7 @@ async fn read_forever(state: Arc<Revocations>) {
                 }
             }
             Err(e) => {
-                state
-                    .reads_failed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                state.read_failed();
                 // The first failure of a run is a warning; repeats would flood the log.
                 if !failing {
                     tracing::warn!(issuer = %state.name, "revocation feed read failed (retrying): {e}");

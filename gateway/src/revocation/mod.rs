@@ -270,6 +270,11 @@ impl Revocations {
         self.last_read.store(now_secs(), Ordering::Relaxed);
     }
 
+    /// Counts a failed read.
+    fn read_failed(&self) {
+        self.reads_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Drops expired records and updates the stale flag (logging its changes).
     fn housekeeping(&self, now: u64) {
         self.set.prune(now as u32);

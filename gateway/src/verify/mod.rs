@@ -143,13 +143,13 @@ impl Verifier {
             }
         }
         observer.cache(false);
-        let verified = Arc::new(self.verify_uncached(token).await?);
+        let verified = Arc::new(self.verify_uncached(token, now).await?);
         // Cached even when revoked: the verification holds, and the check runs on every hit.
         self.cache.cache.insert(key, verified.clone());
         not_revoked(verified, now)
     }
 
-    async fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, AuthError> {
+    async fn verify_uncached(&self, token: &str, now: u64) -> Result<VerifiedToken, AuthError> {
         let mut parts = token.split('.');
         let (Some(h64), Some(p64), Some(s64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -231,7 +231,6 @@ impl Verifier {
         }
 
         // Registered claims, with strict types.
-        let now = now_secs();
         let leeway = issuer.leeway;
         let exp = numeric_date(&claims, "exp")?.ok_or(AuthError::InvalidClaim)?;
         if exp.saturating_add(leeway) <= now {

@@ -201,7 +201,8 @@ impl TextBuilder {
         Ok((start, self.pos()?))
     }
 
-    /// Appends token text kept only for comparison (base64url, checked by decoding).
+    /// Appends text that is never sent as a header (token parts kept for comparison, list
+    /// items), so not checked for header safety.
     #[inline]
     pub(super) fn raw(&mut self, s: &str) -> Result<(u32, u32), AuthError> {
         let start = self.pos()?;
@@ -241,9 +242,8 @@ impl TextBuilder {
     #[inline]
     pub(super) fn list(&mut self, which: usize, list: &[&str]) -> Result<(), AuthError> {
         for item in list {
-            let start = self.pos()?;
-            self.buf.extend_from_slice(item.as_bytes());
-            self.items.push((start, self.pos()?));
+            let span = self.raw(item)?;
+            self.items.push(span);
         }
         self.end_list(which)
     }
