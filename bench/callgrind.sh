@@ -4,12 +4,18 @@
 #
 # Usage: bench/callgrind.sh LABEL=BINARY [LABEL=BINARY ...]
 #   e.g. bench/callgrind.sh before=/tmp/old/portcullis-gateway after=target/release/portcullis-gateway
-# Environment: CG_CONFIG (a gateway.yaml.in with @PORT@ @ADMIN_PORT@ @UPSTREAM_PORT@ @DIR@,
-#   default bench/callgrind-gateway.yaml.in), CG_PATHS ["/public/x"] (space-separated request
-#   paths, one measurement each), CG_SMALL [100] and CG_LARGE [900] requests: the cost per
+# A BINARY named `nginx` runs bench/nginx/proxy.conf.in (one process: no master, one worker), one
+# named `bare-pingora` runs the bare Pingora floor (bench/bare-pingora, one thread); any other
+# is a portcullis-gateway. nginx and bare-pingora serve /public/ only.
+# Environment: CG_TOKENGEN (a prebuilt bench/tokengen; else built),
+#   CG_CONFIG (a gateway.yaml.in with @PORT@ @ADMIN_PORT@ @UPSTREAM_PORT@ @DIR@, default
+#   bench/callgrind-gateway.yaml.in), CG_PATHS ["/public/x"] (space-separated request paths,
+#   one measurement each), CG_SMALL [100] and CG_LARGE [900] requests: the cost per
 #   request is (I(large) - I(small)) / (large - small), so start-up and shutdown cancel out
 #   (one connection carries them all: stay below keepalive_requests, 1000 by default).
 # Paths under /api/ carry an ES256 token minted by bench/tokengen (the JWT route, cache warm).
+# CG_TOKENS=N: rotate through N distinct tokens (N >= CG_LARGE + 20) with a verified-token cache
+#   of one entry, so every request pays a full verification (the gateway's cache-miss path).
 # CG_FEED=N: start a real issuer (SQLite) holding N revoked sessions and follow its revocation
 #   feed (default config bench/callgrind-revocation.yaml.in); each run waits for the snapshot.
 # Prints one line per binary and path: instructions per request.
@@ -25,6 +31,9 @@ PATHS=${CG_PATHS:-/public/x}
 SMALL=${CG_SMALL:-100}
 LARGE=${CG_LARGE:-900}
 UPSTREAM_BIN=${CG_UPSTREAM:-$ROOT/target/release/portcullis-demo-upstream}
+NTOKENS=${CG_TOKENS:-1}
+CACHE_ENTRIES=100000
+[ "$NTOKENS" -gt 1 ] && CACHE_ENTRIES=1
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed" >&2; exit 1; }
 
 TMP=$(mktemp -d)
@@ -39,10 +48,13 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 KEYS=$TMP/keys
-cargo build --quiet --release --manifest-path "$ROOT/bench/tokengen/Cargo.toml" --target-dir "$ROOT/target"
-"$ROOT/target/release/tokengen" --out "$KEYS" --iss https://bench.portcullis.test --aud demo \
-  --count 1 --ttl 7200 2>/dev/null
-TOKEN=$(head -n 1 "$KEYS/tokens-ES256.txt")
+TOKENGEN=${CG_TOKENGEN:-}
+if [ -z "$TOKENGEN" ]; then
+  cargo build --quiet --release --manifest-path "$ROOT/bench/tokengen/Cargo.toml" --target-dir "$ROOT/target"
+  TOKENGEN=$ROOT/target/release/tokengen
+fi
+"$TOKENGEN" --out "$KEYS" --iss https://bench.portcullis.test --aud demo \
+  --count "$NTOKENS" --ttl 7200 2>/dev/null
 
 FEED_URL=none FEED_TOKEN_FILE=none READY=/healthz
 if [ -n "$FEED" ]; then
@@ -85,15 +97,15 @@ pids+=($!)
 
 # send PORT PATH N: N keep-alive GETs on one connection, each answer read in full.
 send() {
-  python3 - "$1" "$2" "$3" "$TOKEN" <<'EOF'
+  python3 - "$1" "$2" "$3" "$KEYS/tokens-ES256.txt" <<'EOF'
 import socket, sys
-port, path, n, token = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+port, path, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+tokens = open(sys.argv[4]).read().split()
 s = socket.create_connection(("127.0.0.1", port), timeout=60)
-auth = f"Authorization: Bearer {token}\r\n" if path.startswith("/api/") else ""
-req = f"GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: callgrind\r\n{auth}\r\n".encode()
 buf = b""
-for _ in range(n):
-    s.sendall(req)
+for i in range(n):
+    auth = f"Authorization: Bearer {tokens[i % len(tokens)]}\r\n" if path.startswith("/api/") else ""
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: callgrind\r\n{auth}\r\n".encode())
     while True:
         head, sep, rest = buf.partition(b"\r\n\r\n")
         if sep:
@@ -115,26 +127,48 @@ for _ in range(n):
 EOF
 }
 
-# count BIN PATH N: total instructions of one gateway run that served N requests.
+# count BIN PATH N: total instructions of one proxy run that served N requests.
 count() {
-  local bin=$1 path=$2 n=$3 dir
+  local bin=$1 path=$2 n=$3 dir port admin ready
   dir=$(mktemp -d -p "$TMP")
-  local port admin
   port=$(free_port)
   admin=$(free_port)
-  sed -e "s#@PORT@#$port#g" -e "s#@ADMIN_PORT@#$admin#g" -e "s#@UPSTREAM_PORT@#$UP_PORT#g" \
-    -e "s#@DIR@#$dir#g" -e "s#@KEYS@#$KEYS#g" -e "s#@FEED_URL@#$FEED_URL#g" \
-    -e "s#@FEED_TOKEN_FILE@#$FEED_TOKEN_FILE#g" "$CONFIG" >"$dir/gateway.yaml"
-  valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$bin" -c "$dir/gateway.yaml" \
-    >"$dir/gw.log" 2>&1 &
+  local cmd=(valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out")
+  case $(basename "$bin") in
+    nginx)
+      sed -e "s#@WORKERS@#1#g" -e "s#@DIR@#$dir#g" -e "s#@PORT@#$port#g" \
+        -e "s#@UPSTREAM_PORT@#$UP_PORT#g" "$ROOT/bench/nginx/proxy.conf.in" >"$dir/nginx.conf"
+      cmd+=("$bin" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" -g "master_process off;")
+      ready=http://127.0.0.1:$port/
+      ;;
+    bare-pingora)
+      cmd+=("$bin" "127.0.0.1:$port" "127.0.0.1:$UP_PORT" /public 1)
+      ready=http://127.0.0.1:$port/
+      ;;
+    *)
+      sed -e "s#@PORT@#$port#g" -e "s#@ADMIN_PORT@#$admin#g" -e "s#@UPSTREAM_PORT@#$UP_PORT#g" \
+        -e "s#@DIR@#$dir#g" -e "s#@KEYS@#$KEYS#g" -e "s#@FEED_URL@#$FEED_URL#g" \
+        -e "s#@FEED_TOKEN_FILE@#$FEED_TOKEN_FILE#g" -e "s#@CACHE_ENTRIES@#$CACHE_ENTRIES#g" \
+        "$CONFIG" >"$dir/gateway.yaml"
+      cmd+=("$bin" -c "$dir/gateway.yaml")
+      ready=http://127.0.0.1:$admin$READY
+      ;;
+  esac
+  "${cmd[@]}" >"$dir/proxy.log" 2>&1 &
   local vg=$!
   for _ in $(seq 1 600); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$admin$READY" 2>/dev/null && break
+    # Any HTTP answer means a proxy is up; the gateway's admin endpoint must say 200.
+    if [ "$ready" = "http://127.0.0.1:$port/" ]; then
+      curl -sS -o /dev/null "$ready" 2>/dev/null && break
+    else
+      curl -fsS -o /dev/null "$ready" 2>/dev/null && break
+    fi
     sleep 0.1
   done
   send "$port" "$path" 20 # warm-up: connection pools, lazy statics
   send "$port" "$path" "$n"
-  kill -TERM "$vg"
+  # nginx's graceful stop is SIGQUIT (SIGTERM is its fast stop, which would drop the profile).
+  if [ "$(basename "$bin")" = nginx ]; then kill -QUIT "$vg"; else kill -TERM "$vg"; fi
   wait "$vg" || true
   awk '/^summary:/ {print $2}' "$dir/cg.out"
 }

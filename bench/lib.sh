@@ -308,3 +308,27 @@ verdict() {
 }
 cmp_ge() { awk -v a="$1" -v b="$2" 'BEGIN {r = (a + 0 >= b + 0) ? 1 : 0; print r}'; }
 cmp_le() { awk -v a="$1" -v b="$2" 'BEGIN {r = (a + 0 <= b + 0) ? 1 : 0; print r}'; }
+
+# splice_section FRAGMENT REPORT BEGIN END: puts a section (FRAGMENT, which starts with the line
+# BEGIN and ends with END) into REPORT: in place of the one between the same markers, else
+# before `## Commands`, else at the end; a missing REPORT is created. Used by the scripts whose
+# sections can be re-run alone (BENCH_ONLY=…) without regenerating the whole report.
+splice_section() {
+  local frag=$1 report=$2 begin=$3 end=$4
+  if [ ! -f "$report" ]; then
+    { echo "# Benchmark results"; echo; cat "$frag"; } >"$report"
+  elif grep -qF "$begin" "$report"; then
+    awk -v b="$begin" -v e="$end" -v f="$frag" '
+      $0 == b {while ((getline l < f) > 0) print l; skip = 1; next}
+      skip && $0 == e {skip = 0; next}
+      !skip {print}' "$report" >"$report.tmp"
+    mv "$report.tmp" "$report"
+  elif grep -q '^## Commands$' "$report"; then
+    awk -v f="$frag" '
+      $0 == "## Commands" && !done {while ((getline l < f) > 0) print l; print ""; done = 1}
+      {print}' "$report" >"$report.tmp"
+    mv "$report.tmp" "$report"
+  else
+    { echo; cat "$frag"; } >>"$report"
+  fi
+}

@@ -81,26 +81,10 @@ END_MARK='<!-- revocation:end -->'
 
 # place FRAGMENT: the section into $TARGET (fragment mode: the file itself).
 place() {
-  local frag=$1
   if [ "$MODE" = fragment ]; then
-    cp "$frag" "$TARGET"
-    return
-  fi
-  if [ ! -f "$TARGET" ]; then
-    { echo "# Benchmark results"; echo; cat "$frag"; } >"$TARGET"
-  elif grep -qF "$BEGIN_MARK" "$TARGET"; then
-    awk -v b="$BEGIN_MARK" -v e="$END_MARK" -v f="$frag" '
-      $0 == b {while ((getline l < f) > 0) print l; skip = 1; next}
-      skip && $0 == e {skip = 0; next}
-      !skip {print}' "$TARGET" >"$TARGET.tmp"
-    mv "$TARGET.tmp" "$TARGET"
-  elif grep -q '^## Commands$' "$TARGET"; then
-    awk -v f="$frag" '
-      $0 == "## Commands" && !done {while ((getline l < f) > 0) print l; print ""; done = 1}
-      {print}' "$TARGET" >"$TARGET.tmp"
-    mv "$TARGET.tmp" "$TARGET"
+    cp "$1" "$TARGET"
   else
-    { echo; cat "$frag"; } >>"$TARGET"
+    splice_section "$1" "$TARGET" "$BEGIN_MARK" "$END_MARK"
   fi
   log "section written into $TARGET"
 }

@@ -11,6 +11,14 @@
 //!   tokens each, one per line (distinct `sub`, `jti`, `sid`);
 //! - `bad-ES256.txt`, `bad-RS256.txt`, `bad-EdDSA.txt`: the same tokens with one signature
 //!   bit flipped.
+//!
+//! ```text
+//! tokengen --sigcheck N --out DIR
+//! ```
+//!
+//! verifies the first token of `DIR/tokens-ES256.txt` against DIR's ES256 key N times: the bare
+//! signature check (base64url-decode the signature, aws-lc-rs P-256 verify), which
+//! bench/instructions.sh counts under callgrind to compare the gateway's cost per verification.
 
 mod mint;
 
@@ -25,12 +33,17 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let (Some(n), Some(out)) = (arg(&args, "--sigcheck"), arg(&args, "--out")) {
+        let n: usize = n.parse().expect("--sigcheck is a number");
+        sigcheck(&PathBuf::from(out), n);
+        return;
+    }
     let (Some(out), Some(iss), Some(aud)) = (
         arg(&args, "--out"),
         arg(&args, "--iss"),
         arg(&args, "--aud"),
     ) else {
-        eprintln!("usage: tokengen --out DIR --iss ISS --aud AUD [--count N] [--ttl SECS]");
+        eprintln!("usage: tokengen --out DIR --iss ISS --aud AUD [--count N] [--ttl SECS]\n       tokengen --sigcheck N --out DIR");
         std::process::exit(2);
     };
     let count: usize = arg(&args, "--count")
@@ -92,5 +105,36 @@ fn main() {
             &mut tokens.iter().map(|t| mint::corrupt_signature(t)),
         );
         eprintln!("tokengen: {count} {} tokens", key.alg);
+    }
+}
+
+/// Verifies DIR's first ES256 token `n` times, as `jsonwebtoken::crypto::verify` does for the
+/// gateway (base64url signature, aws-lc-rs fixed-size P-256 check); exits 1 if it fails.
+fn sigcheck(dir: &std::path::Path, n: usize) {
+    use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("jwks.json")).expect("jwks.json"))
+            .expect("jwks.json is JSON");
+    let jwk = jwks["keys"]
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["alg"] == "ES256"))
+        .expect("an ES256 key in jwks.json");
+    let coord = |c: &str| URL_SAFE_NO_PAD.decode(jwk[c].as_str().expect("x, y")).expect("base64url");
+    let mut point = vec![4u8];
+    point.extend(coord("x"));
+    point.extend(coord("y"));
+    let tokens = std::fs::read_to_string(dir.join("tokens-ES256.txt")).expect("tokens-ES256.txt");
+    let token = tokens.lines().next().expect("one token");
+    let (input, sig) = token.rsplit_once('.').expect("a JWS");
+    for _ in 0..n {
+        let sig = URL_SAFE_NO_PAD.decode(sig).expect("base64url signature");
+        let key = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point);
+        if key.verify(input.as_bytes(), &sig).is_err() {
+            eprintln!("tokengen: the signature does not verify");
+            std::process::exit(1);
+        }
     }
 }

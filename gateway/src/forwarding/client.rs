@@ -36,7 +36,7 @@ impl ClientInfo {
     /// Works out the client from the peer and, for trusted peers, `X-Forwarded-For`.
     pub fn resolve(peer_ip: Option<IpAddr>, trust: &ProxyTrust, xff: Option<&str>) -> ClientInfo {
         let (peer, trusted) = match peer_ip {
-            Some(ip) => (ip.to_string(), trust.trusts(ip)),
+            Some(ip) => (ip_text(ip), trust.trusts(ip)),
             None => ("unix:".to_string(), trust.unix),
         };
         let mut client_ip = peer.clone();
@@ -46,7 +46,7 @@ impl ClientInfo {
                 for hop in list.rsplit(',').map(str::trim).filter(|h| !h.is_empty()) {
                     match hop.parse::<IpAddr>() {
                         Ok(ip) => {
-                            client_ip = ip.to_string();
+                            client_ip = ip_text(ip);
                             if !trust.trusts(ip) {
                                 break;
                             }
@@ -63,20 +63,64 @@ impl ClientInfo {
         }
     }
 
-    /// The `X-Forwarded-For` value to send upstream.
-    pub fn forwarded_for(&self, incoming: Option<&str>) -> String {
-        match incoming {
-            Some(prev) if self.trusted && !prev.trim().is_empty() => {
-                format!("{}, {}", prev.trim(), self.peer)
+    /// The `X-Forwarded-For` value to send upstream when it is more than the peer's address:
+    /// a trusted proxy's list with the peer appended. `None`: the peer alone.
+    pub fn forwarded_chain(&self, incoming: Option<&str>) -> Option<String> {
+        match incoming.map(str::trim) {
+            Some(prev) if self.trusted && !prev.is_empty() => {
+                Some(format!("{prev}, {}", self.peer))
             }
-            _ => self.peer.clone(),
+            _ => None,
         }
     }
+}
+
+/// An address as text: IPv4 written by hand (this runs on every request, and `Display` goes
+/// through the formatting machinery: ~1.5 k instructions against ~0.1 k), IPv6 by `Display`.
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "100.9.10.199",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        for n in (0..=u32::MAX).step_by(65_521) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(n));
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 
     #[test]
     fn forwarded_for_rules() {
@@ -87,7 +131,7 @@ mod tests {
         let untrusted =
             ClientInfo::resolve(Some("192.0.2.1".parse().unwrap()), &trust, Some("1.2.3.4"));
         assert_eq!(untrusted.client_ip, "192.0.2.1");
-        assert_eq!(untrusted.forwarded_for(Some("1.2.3.4")), "192.0.2.1");
+        assert_eq!(untrusted.forwarded_chain(Some("1.2.3.4")), None);
         let via_proxy = ClientInfo::resolve(
             Some("10.1.1.1".parse().unwrap()),
             &trust,
@@ -95,8 +139,12 @@ mod tests {
         );
         assert_eq!(via_proxy.client_ip, "1.2.3.4");
         assert_eq!(
-            via_proxy.forwarded_for(Some("1.2.3.4, 10.2.2.2")),
-            "1.2.3.4, 10.2.2.2, 10.1.1.1"
+            via_proxy
+                .forwarded_chain(Some(" 1.2.3.4, 10.2.2.2 "))
+                .as_deref(),
+            Some("1.2.3.4, 10.2.2.2, 10.1.1.1")
         );
+        assert_eq!(via_proxy.forwarded_chain(Some("  ")), None);
+        assert_eq!(via_proxy.forwarded_chain(None), None);
     }
 }

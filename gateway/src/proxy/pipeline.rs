@@ -14,7 +14,7 @@ use super::{peer_ip, Gateway, RequestCtx};
 use crate::auth::sources;
 use crate::auth::{self, Outcome};
 use crate::forwarding::client::ClientInfo;
-use crate::forwarding::headers::{acceptable_request_id, new_request_id};
+use crate::forwarding::headers::{acceptable_request_id, new_request_id, X_FORWARDED_FOR};
 use crate::limits::rules::{self, Stage};
 use crate::routing::path;
 use crate::routing::{Action, AuthMode, Route, RouteMatch};
@@ -60,13 +60,12 @@ impl Gateway {
         let req = session.req_header();
         let xff = req
             .headers
-            .get("x-forwarded-for")
+            .get(&X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok());
         let client = ClientInfo::resolve(peer_ip(session), &ctx.config.trust, xff);
         ctx.request_id = match req.headers.get(&ctx.config.request_id_header) {
             Some(v) if client.trusted && acceptable_request_id(v.as_bytes()) => v.clone(),
-            _ => HeaderValue::from_maybe_shared(Bytes::from(new_request_id()))
-                .unwrap_or(HeaderValue::from_static("")),
+            _ => new_request_id(),
         };
         ctx.client = Some(client);
     }

@@ -1,13 +1,14 @@
 //! `upstream_request_filter`'s steps: the `Host` the upstream sees, nginx-style forwarding
 //! headers, and the identity (or no credentials at all) it receives.
 
-use http::header;
+use http::{header, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::{is_tls, RequestCtx};
 use crate::forwarding::client::ClientInfo;
+use crate::forwarding::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::routing::{Action, AuthMode, HostHeader, Route};
 use crate::upstream::BackendAddress;
 
@@ -49,31 +50,46 @@ pub(super) fn set_forwarding(
     host: &str,
     session: &Session,
 ) -> Result<()> {
-    let xff = client.forwarded_for(
-        upstream
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok()),
-    );
+    // Names as static text (Pingora keeps them as given for the wire, no copy) and values
+    // built once: an untrusted client's X-Forwarded-For and X-Real-IP are the same address.
+    let incoming = upstream
+        .headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok());
+    let peer = text_value(&client.peer)?;
+    let xff = match client.forwarded_chain(incoming) {
+        Some(chain) => text_value(&chain)?,
+        None => peer.clone(),
+    };
     upstream.insert_header("x-forwarded-for", xff)?;
-    upstream.insert_header("x-real-ip", client.client_ip.as_str())?;
-    let proto_in = upstream.headers.get("x-forwarded-proto").cloned();
-    match proto_in {
-        Some(p) if client.trusted => upstream.insert_header("x-forwarded-proto", p)?,
-        _ => upstream.insert_header(
-            "x-forwarded-proto",
-            if is_tls(session) { "https" } else { "http" },
-        )?,
-    }
-    let host_in = upstream.headers.get("x-forwarded-host").cloned();
-    match host_in {
-        Some(h) if client.trusted => upstream.insert_header("x-forwarded-host", h)?,
-        _ if !host.is_empty() => upstream.insert_header("x-forwarded-host", host)?,
+    let real_ip = if client.client_ip == client.peer {
+        peer
+    } else {
+        text_value(&client.client_ip)?
+    };
+    upstream.insert_header("x-real-ip", real_ip)?;
+    let proto = match upstream.headers.get(&X_FORWARDED_PROTO) {
+        Some(p) if client.trusted => p.clone(),
+        _ if is_tls(session) => HeaderValue::from_static("https"),
+        _ => HeaderValue::from_static("http"),
+    };
+    upstream.insert_header("x-forwarded-proto", proto)?;
+    match upstream.headers.get(&X_FORWARDED_HOST) {
+        Some(h) if client.trusted => {
+            let h = h.clone();
+            upstream.insert_header("x-forwarded-host", h)?
+        }
+        _ if !host.is_empty() => upstream.insert_header("x-forwarded-host", text_value(host)?)?,
         _ => {
-            upstream.remove_header("x-forwarded-host");
+            upstream.remove_header(&X_FORWARDED_HOST);
         }
     }
     Ok(())
+}
+
+/// A header value from text the gateway already checked (an address, a host it routed on).
+fn text_value(text: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(text).or_err(ErrorType::InvalidHTTPHeader, "forwarding header value")
 }
 
 /// `Authorization` is dropped unless the route forwards it; the verified identity headers

@@ -55,6 +55,32 @@ fn hex_val(b: u8) -> Option<u8> {
 
 /// Normalises a request path (without query) into its canonical form.
 pub fn normalize(path: &str) -> Result<String, PathError> {
+    if is_canonical(path.as_bytes()) {
+        return Ok(path.to_string());
+    }
+    normalize_in_full(path)
+}
+
+/// Whether a path is its own canonical form, as most are: it starts with `/` and has no `%`,
+/// no byte that is refused or decoded, no `//`, and no segment starting with `.` (so no dot
+/// segments, with or without parameters). One pass, no allocation; anything else takes the
+/// full normalisation (a property test checks both agree).
+fn is_canonical(bytes: &[u8]) -> bool {
+    if bytes.first() != Some(&b'/') {
+        return false;
+    }
+    let mut prev = 0u8;
+    for &b in bytes {
+        let plain = matches!(b, 0x21..=0x7e) && b != b'%' && b != b'\\';
+        if !plain || (prev == b'/' && (b == b'/' || b == b'.')) {
+            return false;
+        }
+        prev = b;
+    }
+    true
+}
+
+fn normalize_in_full(path: &str) -> Result<String, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
@@ -240,5 +266,43 @@ mod tests {
         err("/public/%e0%80%af", PathError::InvalidUtf8);
         err("/public/%f8%88%80%80%80", PathError::InvalidUtf8);
         err("*", PathError::NotAbsolute);
+    }
+
+    #[test]
+    fn canonical_paths_take_the_fast_path() {
+        for p in [
+            "/",
+            "/public/hello",
+            "/a/b/",
+            "/a;v=1/b",
+            "/x.y/z.",
+            "/~u/-_!$&'()*+,=:@",
+        ] {
+            assert!(is_canonical(p.as_bytes()), "{p}");
+        }
+        for p in [
+            "",
+            "x",
+            "/a//b",
+            "/./a",
+            "/a/..",
+            "/.well-known",
+            "/%41",
+            "/a\\b",
+            "/a b",
+        ] {
+            assert!(!is_canonical(p.as_bytes()), "{p}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn the_fast_path_agrees_with_the_full_normalisation(
+            p in "/?[a-z./;%0-9A-F~ \\\\-]{0,24}"
+        ) {
+            proptest::prop_assert_eq!(normalize(&p), normalize_in_full(&p));
+        }
     }
 }
