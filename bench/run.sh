@@ -22,6 +22,8 @@
 #                            to 3 gateways from 2 issuer replicas, 1,000,000 revoked sessions)
 #   BENCH_ONLY=revocation    runs only those and puts their section into the existing report
 #   BENCH_BIN_DIR            where the release binaries are [target/release]
+#   BENCH_TOKENGEN           a prebuilt bench/tokengen binary (skips its cargo build)
+#                            [built into target/release/tokengen]
 #   BENCH_OUT                the report [bench/RESULTS.md]
 #   BENCH_KEEP_TMP=1         keep the temporary directory (configs, logs, raw wrk output)
 #   BENCH_BASELINE_BIN       an older portcullis-gateway binary: its public and JWT routes run
@@ -89,10 +91,16 @@ start_run portcullis-bench
 # ---------------------------------------------------------------------------------------------
 # Build the helpers, keys and tokens
 # ---------------------------------------------------------------------------------------------
-log "building bench/tokengen"
-"$CARGO" build --quiet --release --manifest-path "$BENCH_DIR/tokengen/Cargo.toml" \
-  --target-dir "$ROOT/target" || die "building bench/tokengen failed"
-TOKENGEN=$ROOT/target/release/tokengen
+if [ -n "${BENCH_TOKENGEN:-}" ]; then
+  TOKENGEN=$BENCH_TOKENGEN
+  [ -x "$TOKENGEN" ] || die "BENCH_TOKENGEN=$TOKENGEN is not an executable"
+  log "using the prebuilt tokengen $TOKENGEN"
+else
+  log "building bench/tokengen"
+  "$CARGO" build --quiet --release --manifest-path "$BENCH_DIR/tokengen/Cargo.toml" \
+    --target-dir "$ROOT/target" || die "building bench/tokengen failed"
+  TOKENGEN=$ROOT/target/release/tokengen
+fi
 KEYS=$TMP/keys
 log "minting $NTOKENS tokens per algorithm (ES256, RS256, EdDSA)"
 "$TOKENGEN" --out "$KEYS" --iss "$BENCH_ISS" --aud demo --count "$NTOKENS" --ttl 7200 \
@@ -930,8 +938,12 @@ fi
   echo
   echo '```sh'
   echo "make bench          # = scripts/install-deps.sh nginx wrk; cargo build --release --workspace --bins; bench/run.sh"
-  echo "$CARGO build --release --manifest-path bench/tokengen/Cargo.toml --target-dir target"
-  echo "target/release/tokengen --out \$KEYS --iss $BENCH_ISS --aud demo --count $NTOKENS --ttl 7200"
+  if [ -n "${BENCH_TOKENGEN:-}" ]; then
+    echo "\$BENCH_TOKENGEN --out \$KEYS --iss $BENCH_ISS --aud demo --count $NTOKENS --ttl 7200   # prebuilt bench/tokengen"
+  else
+    echo "$CARGO build --release --manifest-path bench/tokengen/Cargo.toml --target-dir target"
+    echo "target/release/tokengen --out \$KEYS --iss $BENCH_ISS --aud demo --count $NTOKENS --ttl 7200"
+  fi
   echo "$CRIT_CMD"
   echo '```'
   echo
