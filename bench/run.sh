@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Portcullis benchmarks: the gateway against nginx, side by side, on loopback; writes
-# bench/RESULTS.md. `make bench` installs nginx and wrk, builds the release binaries and runs
-# this script. Everything listens on 127.0.0.1 (ports picked free); every process started
+# Portcullis benchmarks: the gateway against nginx and HAProxy, side by side, on loopback; writes
+# bench/RESULTS.md. `make bench` installs nginx, HAProxy and wrk, builds the release binaries and
+# runs this script. Everything listens on 127.0.0.1 (ports picked free); every process started
 # here is stopped on exit, error or Ctrl-C.
 #
 # Environment (defaults in brackets):
@@ -25,6 +25,8 @@
 #                            callgrind over nginx, bare Pingora and the gateway's routes)
 #   BENCH_ONLY=instructions  runs only that and puts its section into the existing report
 #   BENCH_BIN_DIR            where the release binaries are [target/release]
+#   BENCH_TOKENGEN           a prebuilt bench/tokengen binary (skips its cargo build)
+#                            [built into target/release/tokengen]
 #   BENCH_OUT                the report [bench/RESULTS.md]
 #   BENCH_KEEP_TMP=1         keep the temporary directory (configs, logs, raw wrk output)
 #   BENCH_BASELINE_BIN       an older portcullis-gateway binary: its public and JWT routes run
@@ -81,8 +83,9 @@ esac
 REVOCATION=${BENCH_REVOCATION:-1}
 INSTRUCTIONS=${BENCH_INSTRUCTIONS:-1}
 
-for tool in wrk nginx curl awk sed; do
-  command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (make bench installs nginx and wrk)"
+for tool in wrk nginx haproxy openssl python3 curl awk sed; do
+  command -v "$tool" >/dev/null 2>&1 ||
+    die "$tool is missing (make bench installs nginx, haproxy, wrk and openssl)"
 done
 for b in portcullis-gateway portcullis-issuer portcullis-demo-upstream bare-pingora; do
   [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b is missing: cargo build --release --workspace --bins"
@@ -94,16 +97,25 @@ start_run portcullis-bench
 # ---------------------------------------------------------------------------------------------
 # Build the helpers, keys and tokens
 # ---------------------------------------------------------------------------------------------
-log "building bench/tokengen"
-"$CARGO" build --quiet --release --manifest-path "$BENCH_DIR/tokengen/Cargo.toml" \
-  --target-dir "$ROOT/target" || die "building bench/tokengen failed"
-TOKENGEN=$ROOT/target/release/tokengen
+if [ -n "${BENCH_TOKENGEN:-}" ]; then
+  TOKENGEN=$BENCH_TOKENGEN
+  [ -x "$TOKENGEN" ] || die "BENCH_TOKENGEN=$TOKENGEN is not an executable"
+  log "using the prebuilt tokengen $TOKENGEN"
+else
+  log "building bench/tokengen"
+  "$CARGO" build --quiet --release --manifest-path "$BENCH_DIR/tokengen/Cargo.toml" \
+    --target-dir "$ROOT/target" || die "building bench/tokengen failed"
+  TOKENGEN=$ROOT/target/release/tokengen
+fi
 KEYS=$TMP/keys
 log "minting $NTOKENS tokens per algorithm (ES256, RS256, EdDSA)"
 "$TOKENGEN" --out "$KEYS" --iss "$BENCH_ISS" --aud demo --count "$NTOKENS" --ttl 7200 \
   2>"$TMP/logs/tokengen.err" || die "tokengen failed: $(cat "$TMP/logs/tokengen.err")"
 TOKEN_ES256=$(head -n 1 "$KEYS/tokens-ES256.txt")
 TOKEN_RS256=$(head -n 1 "$KEYS/tokens-RS256.txt")
+# HAProxy's jwt_verify reads a PEM file: the ES256 tokens' key, converted from its JWK.
+"$BENCH_DIR/haproxy/jwt.py" pem "$KEYS/jwks.json" "$KEYS/tokens-ES256.txt" >"$KEYS/es256.pem" ||
+  die "converting the ES256 JWK to PEM failed"
 
 # ---------------------------------------------------------------------------------------------
 # Criterion micro-benchmarks (first, while nothing else runs)
@@ -210,8 +222,9 @@ SQLITE_API_KEY=$API_KEY SQLITE_ACCESS=$ACCESS
 # ---------------------------------------------------------------------------------------------
 # Contestants
 # ---------------------------------------------------------------------------------------------
-CASES=(direct nginx bare nginx_auth_issuer nginx_auth_gateway gw_public gw_one_es256 gw_one_rs256
-  gw_many_es256 gw_many_rs256 gw_many_eddsa gw_invalid_es256 gw_rss_es256)
+CASES=(direct nginx bare nginx_auth_issuer nginx_auth_gateway haproxy haproxy_jwt_one_es256
+  haproxy_jwt_many_es256 gw_public gw_one_es256 gw_one_rs256 gw_many_es256 gw_many_rs256
+  gw_many_eddsa gw_invalid_es256 gw_rss_es256)
 BASELINE_BIN=${BENCH_BASELINE_BIN:-}
 if [ -n "$BASELINE_BIN" ]; then
   [ -x "$BASELINE_BIN" ] || die "BENCH_BASELINE_BIN=$BASELINE_BIN is not an executable"
@@ -223,6 +236,9 @@ declare -A LABEL=(
   [bare]="bare Pingora (bench/bare-pingora: upstream_peer + path rewrite)"
   [nginx_auth_issuer]="nginx + auth_request → issuer (GET /v1/users/me)"
   [nginx_auth_gateway]="nginx + auth_request → gateway /_portcullis/verify (1 token)"
+  [haproxy]="haproxy proxy"
+  [haproxy_jwt_one_es256]="haproxy + jwt_verify, 1 token, ES256"
+  [haproxy_jwt_many_es256]="haproxy + jwt_verify, $NTOKENS tokens, ES256"
   [gw_public]="gateway, public route"
   [gw_one_es256]="gateway, JWT route, 1 token (cache warm), ES256"
   [gw_one_rs256]="gateway, JWT route, 1 token (cache warm), RS256"
@@ -269,6 +285,21 @@ start_nginx() {
     die "nginx ($name) did not start: $(cat "$dir/error.log" "$TMP/logs/$name-nginx.err" 2>/dev/null | tail -n 5)"
 }
 
+# start_haproxy NAME KEY_PEM: bench/haproxy/haproxy.cfg.in with KEY_PEM as the jwt_verify key;
+# sets HAP_PID HAP_PORT.
+start_haproxy() {
+  local name=$1 dir=$TMP/run/$1-haproxy
+  mkdir -p "$dir"
+  pick_port HAP_PORT
+  render "$BENCH_DIR/haproxy/haproxy.cfg.in" "$dir/haproxy.cfg" WORKERS="$WORKERS" \
+    PORT="$HAP_PORT" UPSTREAM_PORT="$UP_PORT" ISS="$BENCH_ISS" AUD=demo KEY="$2"
+  spawn "$name-haproxy" haproxy -db -f "$dir/haproxy.cfg"
+  HAP_PID=$SPAWNED
+  if ! wait_http "http://127.0.0.1:$HAP_PORT/" 404 20 || ! alive "$HAP_PID"; then
+    die "haproxy ($name) did not start: $(tail -n 5 "$TMP/logs/$name-haproxy.err")"
+  fi
+}
+
 # setup_case CASE: starts the contestant; sets URL, CONN, SCRIPT, HDRS, WENV, EXPECT, PROBE
 # (a token for the sanity check), MEAS (processes measured), STOP (to stop, in order), ADMIN
 # (gateway admin port or empty) and SHOW (the command for the report).
@@ -304,6 +335,19 @@ setup_case() {
       MEAS=("$NGX_PID" "$GW_PID") STOP=("$NGX_PID" "$GW_PID") ADMIN=$GW_ADMIN
       URL="http://127.0.0.1:$NGX_PORT/api$UPSTREAM_PATH"
       PROBE=$TOKEN_ES256
+      ;;
+    haproxy*)
+      start_haproxy "$c" "$KEYS/es256.pem"
+      MEAS=("$HAP_PID") STOP=("$HAP_PID")
+      URL="http://127.0.0.1:$HAP_PORT/api$UPSTREAM_PATH"
+      case $c in
+        haproxy) URL="http://127.0.0.1:$HAP_PORT/public$UPSTREAM_PATH" ;;
+        haproxy_jwt_one_es256) PROBE=$TOKEN_ES256 ;;
+        # The gateway's many-tokens case's script and tokens.
+        haproxy_jwt_many_es256)
+          SCRIPT=tokens.lua WENV=("BENCH_TOKEN_FILE=$KEYS/tokens-ES256.txt")
+          ;;
+      esac
       ;;
     gw_*_base)
       start_gateway "$c" "$DEFAULT_CACHE" "$BASELINE_BIN"
@@ -359,7 +403,7 @@ teardown_case() {
   local pid
   for pid in "${STOP[@]}"; do
     # Pingora (the gateway, bare-pingora) exits at once on SIGINT (SIGTERM would drain for
-    # its grace period first); nginx's fast shutdown is SIGTERM.
+    # its grace period first); nginx's fast shutdown is SIGTERM, HAProxy's hard stop too.
     if [ "$pid" = "${GW_PID:-}" ] || [ "$pid" = "${BARE_PID:-}" ]; then
       stop_pid "$pid" INT
     else
@@ -377,6 +421,71 @@ probe_case() {
     code=$(http_code "$URL")
   fi
   [ "$code" = "$EXPECT" ] || die "$c: $URL answered $code, expected $EXPECT"
+}
+
+# check_haproxy: before any measurement, the haproxy + jwt_verify cases must refuse what the
+# gateway refuses (or they would measure a plain proxy): aborts the run otherwise.
+#  1. HAProxy with the bench key: a bench ES256 token passes; the same token with a flipped
+#     signature bit, the RS256 and EdDSA bench tokens, a token signed by another P-256 key, a
+#     missing token and a non-bearer Authorization are refused.
+#  2. HAProxy with a throwaway P-256 key (openssl): bench/haproxy/jwt.py signs tokens with it,
+#     each wrong in one way (aud, iss, exp, nbf, iat, typ, alg, signature) or valid in a way
+#     the gateway accepts (aud list, exp within the 30 s leeway, ...); each must get the answer
+#     the gateway gives.
+#  3. Both routes forward /x to the upstream with the forwarding headers (its JSON echo).
+# Sets HAP_CHECKED (the number of requests checked).
+check_haproxy() {
+  local dir=$TMP/run/haproxy-check key tokens expect name tok code n=0 body path want
+  mkdir -p "$dir"
+  if ! { openssl ecparam -name prime256v1 -genkey -noout -out "$dir/probe.key" &&
+    openssl ec -in "$dir/probe.key" -pubout -out "$dir/probe.pem"; } 2>"$TMP/logs/openssl.err"; then
+    die "openssl could not make a P-256 key: $(cat "$TMP/logs/openssl.err")"
+  fi
+  "$BENCH_DIR/haproxy/jwt.py" probes "$dir/probe.key" "$BENCH_ISS" demo >"$dir/probes.txt" ||
+    die "bench/haproxy/jwt.py probes failed"
+  {
+    echo "200 bench-ES256-token $TOKEN_ES256"
+    echo "401 bench-ES256-token-flipped-signature-bit $(head -n 1 "$KEYS/bad-ES256.txt")"
+    echo "401 bench-RS256-token $TOKEN_RS256"
+    echo "401 bench-EdDSA-token $(head -n 1 "$KEYS/tokens-EdDSA.txt")"
+    echo "401 signed-by-another-P-256-key $(awk '$2 == "valid" {print $3}' "$dir/probes.txt")"
+  } >"$dir/bench-key.txt"
+  for key in bench probe; do
+    if [ "$key" = bench ]; then
+      start_haproxy check-bench "$KEYS/es256.pem"
+      tokens=$dir/bench-key.txt
+    else
+      start_haproxy check-probe "$dir/probe.pem"
+      tokens=$dir/probes.txt
+    fi
+    local api="http://127.0.0.1:$HAP_PORT/api"
+    while read -r expect name tok; do
+      code=$(http_code -H "Authorization: Bearer $tok" "$api$UPSTREAM_PATH")
+      [ "$code" = "$expect" ] ||
+        die "haproxy + jwt_verify ($key key): token $name answered $code, the gateway answers $expect"
+      n=$((n + 1))
+    done <"$tokens"
+    if [ "$key" = bench ]; then
+      code=$(http_code "$api$UPSTREAM_PATH")
+      [ "$code" = 401 ] || die "haproxy + jwt_verify: no token answered $code, expected 401"
+      code=$(http_code -H "Authorization: Basic $TOKEN_ES256" "$api$UPSTREAM_PATH")
+      [ "$code" = 401 ] || die "haproxy + jwt_verify: a Basic Authorization answered $code, expected 401"
+      n=$((n + 2))
+      for path in public api; do
+        body=$(curl -s --max-time 5 -H "Authorization: Bearer $TOKEN_ES256" \
+          "http://127.0.0.1:$HAP_PORT/$path/bench-check?q=1")
+        for want in '"path":"/bench-check"' '"query":"q=1"' '"x-real-ip":"127.0.0.1"' \
+          '"x-forwarded-for":"127.0.0.1"' '"x-forwarded-proto":"http"'; do
+          [[ $body == *"$want"* ]] ||
+            die "haproxy /$path/bench-check: the upstream's echo lacks $want: $body"
+        done
+        n=$((n + 1))
+      done
+    fi
+    stop_pid "$HAP_PID" TERM
+  done
+  HAP_CHECKED=$n
+  log "haproxy + jwt_verify: $n requests answered as the gateway answers them"
 }
 
 RECORDS=$TMP/records.tsv
@@ -434,6 +543,7 @@ measure_case() {
     "$(awk -v v="$R_p99_us" 'BEGIN {print v / 1000}')" "$cpu" "$rss" "$R_err_status")"
 }
 
+check_haproxy
 log "proxy cases: $ROUNDS round(s) x ${DURATION} s (+${WARMUP} s warm-up), wrk -t$THREADS -c$CONNS"
 n_cases=${#CASES[@]}
 for ((round = 1; round <= ROUNDS; round++)); do
@@ -688,6 +798,7 @@ fi
   echo "| temp dir filesystem (SQLite, PostgreSQL) | $fs_type |"
   echo "| rustc | $(rustc -V 2>/dev/null || echo unknown) |"
   echo "| nginx | $(nginx -v 2>&1 | sed 's/^nginx version: //') |"
+  echo "| HAProxy | $(haproxy -v 2>&1 | head -n 1 | sed 's/^HAProxy version //; s/ - https.*//') |"
   echo "| wrk | $(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}') |"
   echo "| PostgreSQL | ${PG_VERSION:-—} |"
   echo "| load average (1, 5, 15 min) before / after the run | $LOAD_START / $LOAD_END |"
@@ -706,6 +817,15 @@ fi
   echo "  and forward \`$UPSTREAM_PATH\` (gateway \`strip_prefix\`, nginx \`proxy_pass http://demo/\`)."
   echo "- nginx: \`worker_processes $WORKERS\`, upstream \`keepalive 64\`, \`access_log off\`, the same"
   echo "  forwarding headers the gateway sets (configs: \`bench/nginx/*.conf.in\`)."
+  echo "- HAProxy: \`nbthread $WORKERS\`, no logging, \`http-reuse always\` to the upstream, the same path"
+  echo "  rewrite and forwarding headers as nginx (config: \`bench/haproxy/haproxy.cfg.in\`). *haproxy +"
+  echo "  jwt_verify* checks on every request (HAProxy has no JWKS and no cache of verified tokens) what"
+  echo "  the gateway's JWT route checks: the bearer token's ES256 signature (\`jwt_verify\` with the"
+  echo "  bench key as a PEM file), \`alg\` ES256, \`typ\` at+jwt, \`iss\`, \`aud\` demo, \`exp\` (and \`nbf\`,"
+  echo "  \`iat\` when present) with the gateway's 30 s leeway; anything else answers 401. Before the"
+  echo "  measurements, ${HAP_CHECKED:-0} requests (valid tokens, a flipped signature bit, other keys and"
+  echo "  algorithms, wrong or expired claims, no token) got the answers the gateway gives. It forwards"
+  echo "  no identity headers (the gateway injects 8)."
   echo "- Gateway: \`server.threads: $WORKERS\`, access log off, keys from a local JWKS file"
   echo "  (\`key_file\`, written by \`bench/tokengen\`), config \`bench/gateway.yaml.in\`. It injects the"
   echo "  8 identity headers on the JWT route. Verified-token cache: $DEFAULT_CACHE entries, except"
@@ -721,8 +841,9 @@ fi
   echo "  of the one-token cases), then ${DURATION} s measured; $ROUNDS interleaved round(s), each round"
   echo "  starting one case later. Figures are medians over the rounds; peak RSS is the maximum."
   echo "- *proxy CPU* = user + system CPU time of the proxy process(es) during the measured run"
-  echo "  (\`/proc/PID/stat\`; nginx: master + workers; auth_request → gateway: nginx + gateway) divided"
-  echo "  by the requests completed. *peak RSS* = VmHWM (nginx: sum over master and workers)."
+  echo "  (\`/proc/PID/stat\`; nginx: master + workers; HAProxy: its one process, all threads;"
+  echo "  auth_request → gateway: nginx + gateway) divided by the requests completed."
+  echo "  *peak RSS* = VmHWM (nginx: sum over master and workers)."
   echo
   echo "## Proxy contestants"
   echo
@@ -792,6 +913,12 @@ fi
     ok=$(cmp_le "$r" 1.3)
     echo "| $NTOKENS tokens ($A): extra CPU per verification over the public route ≤ 1.3× bare signature verification | ${extra} µs vs $(calc 's / 1000' s="$sig_ns") µs = ${r}× | $(verdict "$ok") |"
   done
+  r=$(calc 'a / b' a="${RPS[gw_many_es256]}" b="${RPS[haproxy_jwt_many_es256]}")
+  ok=$(cmp_ge "$r" 1.0)
+  echo "| gateway JWT route, every token new ($NTOKENS tokens, ES256) ≥ 1.0× haproxy + jwt_verify, $NTOKENS tokens | ${r}× ($(printf '%.0f' "${RPS[gw_many_es256]}") vs $(printf '%.0f' "${RPS[haproxy_jwt_many_es256]}") req/s) | $(verdict "$ok") |"
+  r=$(calc 'a / b' a="${RPS[gw_one_es256]}" b="${RPS[haproxy_jwt_one_es256]}")
+  ok=$(cmp_ge "$r" 2.0)
+  echo "| gateway JWT route, cached token (1 token, ES256) ≥ 2.0× haproxy + jwt_verify, 1 token | ${r}× ($(printf '%.0f' "${RPS[gw_one_es256]}") vs $(printf '%.0f' "${RPS[haproxy_jwt_one_es256]}") req/s) | $(verdict "$ok") |"
   rss_kb=${RSS[gw_rss_es256]}
   cached=$(col gw_rss_es256 19 | maxv)
   rss_mib=$(calc 'v / 1024' v="$rss_kb")
@@ -811,6 +938,9 @@ fi
   echo "| gateway public route ÷ nginx proxy_pass | $(calc 'a / b' a="${RPS[gw_public]}" b="${RPS[nginx]}")× |"
   echo "| gateway public route ÷ direct upstream | $(calc 'a / b' a="${RPS[gw_public]}" b="${RPS[direct]}")× |"
   echo "| nginx proxy_pass ÷ direct upstream | $(calc 'a / b' a="${RPS[nginx]}" b="${RPS[direct]}")× |"
+  echo "| gateway public route ÷ haproxy proxy | $(calc 'a / b' a="${RPS[gw_public]}" b="${RPS[haproxy]}")× |"
+  echo "| haproxy proxy ÷ nginx proxy_pass | $(calc 'a / b' a="${RPS[haproxy]}" b="${RPS[nginx]}")× |"
+  echo "| proxy CPU µs per request of JWT verification, every token new (ES256): haproxy ($NTOKENS tokens − proxy) / gateway ($NTOKENS tokens − public route) | $(calc 'a - b' a="${CPU[haproxy_jwt_many_es256]}" b="${CPU[haproxy]}") / $(calc 'a - b' a="${CPU[gw_many_es256]}" b="${CPU[gw_public]}") |"
   echo "| proxy CPU per request: gateway public route ÷ nginx proxy_pass | $(calc 'a / b' a="${CPU[gw_public]}" b="${CPU[nginx]}")× |"
   for alg in es256 rs256 eddsa; do
     A=${alg^^}
@@ -964,8 +1094,13 @@ fi
   echo
   echo '```sh'
   echo "make bench          # = scripts/install-deps.sh nginx wrk; cargo build --release --workspace --bins; bench/run.sh"
-  echo "$CARGO build --release --manifest-path bench/tokengen/Cargo.toml --target-dir target"
-  echo "target/release/tokengen --out \$KEYS --iss $BENCH_ISS --aud demo --count $NTOKENS --ttl 7200"
+  if [ -n "${BENCH_TOKENGEN:-}" ]; then
+    echo "\$BENCH_TOKENGEN --out \$KEYS --iss $BENCH_ISS --aud demo --count $NTOKENS --ttl 7200   # prebuilt bench/tokengen"
+  else
+    echo "$CARGO build --release --manifest-path bench/tokengen/Cargo.toml --target-dir target"
+    echo "target/release/tokengen --out \$KEYS --iss $BENCH_ISS --aud demo --count $NTOKENS --ttl 7200"
+  fi
+  echo "bench/haproxy/jwt.py pem \$KEYS/jwks.json \$KEYS/tokens-ES256.txt >\$KEYS/es256.pem   # jwt_verify's key"
   echo "$CRIT_CMD"
   echo '```'
   echo
@@ -984,7 +1119,8 @@ fi
   echo '```'
   echo
   echo "Processes: \`portcullis-demo-upstream --listen 127.0.0.1:\$PORT\`, \`portcullis-gateway -c gateway.yaml\`,"
-  echo "\`nginx -p \$DIR -e \$DIR/error.log -c nginx.conf\`, \`portcullis-issuer -c issuer.yaml\` (\`bench/issuer.yaml.in\`)."
+  echo "\`nginx -p \$DIR -e \$DIR/error.log -c nginx.conf\`, \`haproxy -db -f haproxy.cfg\` (\`bench/haproxy/haproxy.cfg.in\`),"
+  echo "\`portcullis-issuer -c issuer.yaml\` (\`bench/issuer.yaml.in\`)."
   echo
   if [ -f "$BENCH_DIR/findings.md" ]; then
     echo "## Findings"
