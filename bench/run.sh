@@ -21,6 +21,10 @@
 #   BENCH_REVOCATION [1]     0 skips the revocation benchmarks (bench/revocation.sh: propagation
 #                            to 3 gateways from 2 issuer replicas, 1,000,000 revoked sessions)
 #   BENCH_ONLY=revocation    runs only those and puts their section into the existing report
+#   BENCH_EDGE [1]           0 skips the edge benchmarks (bench/edge.sh: the gateway against
+#                            nginx over TLS 1.3 with one certificate: new connections/s,
+#                            keep-alive and HTTP/2 throughput, memory per idle connection)
+#   BENCH_ONLY=edge          runs only those and puts their section into the existing report
 #   BENCH_BIN_DIR            where the release binaries are [target/release]
 #   BENCH_OUT                the report [bench/RESULTS.md]
 #   BENCH_KEEP_TMP=1         keep the temporary directory (configs, logs, raw wrk output)
@@ -72,9 +76,11 @@ export LC_ALL=C
 case ${BENCH_ONLY:-} in
   "") ;;
   revocation) exec "$BENCH_DIR/revocation.sh" --splice "$OUT" ;;
-  *) die "BENCH_ONLY=${BENCH_ONLY}: only \"revocation\" is known" ;;
+  edge) exec "$BENCH_DIR/edge.sh" --splice "$OUT" ;;
+  *) die "BENCH_ONLY=${BENCH_ONLY}: only \"revocation\" and \"edge\" are known" ;;
 esac
 REVOCATION=${BENCH_REVOCATION:-1}
+EDGE=${BENCH_EDGE:-1}
 
 for tool in wrk nginx curl awk sed; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (make bench installs nginx and wrk)"
@@ -579,6 +585,23 @@ fi
 stop_pid "$UP_PID" TERM
 
 # ---------------------------------------------------------------------------------------------
+# Edge: TLS 1.3, HTTP/2 and idle connections against nginx (bench/edge.sh, its own processes;
+# stopped with this script)
+# ---------------------------------------------------------------------------------------------
+EDGE_SECTION=$TMP/edge.md
+if [ "$EDGE" = 0 ]; then
+  printf '%s\n## The edge as users run it: TLS, HTTP/2 and idle connections against nginx\n\nNot measured: BENCH_EDGE=0.\n%s\n' \
+    '<!-- edge:begin (bench/edge.sh) -->' '<!-- edge:end -->' >"$EDGE_SECTION"
+else
+  log "edge benchmarks (bench/edge.sh)"
+  "$BENCH_DIR/edge.sh" "$EDGE_SECTION" &
+  EDGE_PID=$!
+  PIDS+=("$EDGE_PID")
+  wait "$EDGE_PID" || die "bench/edge.sh failed"
+  stop_pid "$EDGE_PID"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # Revocation: propagation and 1,000,000 revoked sessions (bench/revocation.sh, its own
 # processes and PostgreSQL cluster; stopped with this script)
 # ---------------------------------------------------------------------------------------------
@@ -919,6 +942,10 @@ fi
   echo
   echo "Password login is bound by argon2id by design (OWASP parameters, at most"
   echo "\`max_concurrent_hashes\` = 4 at once); it is not a target."
+  echo
+
+  # ---- edge
+  cat "$EDGE_SECTION"
   echo
 
   # ---- revocation
