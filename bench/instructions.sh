@@ -152,9 +152,4 @@ FRAG=$TMP/instructions.md
   echo "$END_MARK"
 } >"$FRAG"
 
-if [ "$MODE" = fragment ]; then
-  cp "$FRAG" "$TARGET"
-else
-  splice_section "$FRAG" "$TARGET" "$BEGIN_MARK" "$END_MARK"
-fi
-log "section written into $TARGET"
+place "$FRAG"

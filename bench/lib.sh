@@ -309,26 +309,42 @@ verdict() {
 cmp_ge() { awk -v a="$1" -v b="$2" 'BEGIN {r = (a + 0 >= b + 0) ? 1 : 0; print r}'; }
 cmp_le() { awk -v a="$1" -v b="$2" 'BEGIN {r = (a + 0 <= b + 0) ? 1 : 0; print r}'; }
 
+# place FRAGMENT: a section script's output: $TARGET is the FRAGMENT itself (MODE=fragment, when
+# bench/run.sh runs the script) or a report to splice it into (MODE=splice, BENCH_ONLY=…),
+# between BEGIN_MARK and END_MARK.
+place() {
+  if [ "$MODE" = fragment ]; then
+    cp "$1" "$TARGET"
+  else
+    splice_section "$1" "$TARGET" "$BEGIN_MARK" "$END_MARK"
+  fi
+  log "section written into $TARGET"
+}
+
 # splice_section FRAGMENT REPORT BEGIN END: puts a section (FRAGMENT, which starts with the line
 # BEGIN and ends with END) into REPORT: in place of the one between the same markers, else
-# before `## Commands`, else at the end; a missing REPORT is created. Used by the scripts whose
-# sections can be re-run alone (BENCH_ONLY=…) without regenerating the whole report.
+# before the revocation section or `## Commands` (whichever comes first), else at the end; a
+# missing REPORT is created. Used by the scripts whose sections can be re-run alone
+# (BENCH_ONLY=…) without regenerating the whole report.
 splice_section() {
-  local frag=$1 report=$2 begin=$3 end=$4
+  local frag=$1 report=$2 begin=$3 end=$4 before
   if [ ! -f "$report" ]; then
     { echo "# Benchmark results"; echo; cat "$frag"; } >"$report"
-  elif grep -qF "$begin" "$report"; then
+  elif grep -qxF "$begin" "$report"; then
     awk -v b="$begin" -v e="$end" -v f="$frag" '
       $0 == b {while ((getline l < f) > 0) print l; skip = 1; next}
       skip && $0 == e {skip = 0; next}
       !skip {print}' "$report" >"$report.tmp"
     mv "$report.tmp" "$report"
-  elif grep -q '^## Commands$' "$report"; then
-    awk -v f="$frag" '
-      $0 == "## Commands" && !done {while ((getline l < f) > 0) print l; print ""; done = 1}
-      {print}' "$report" >"$report.tmp"
-    mv "$report.tmp" "$report"
   else
-    { echo; cat "$frag"; } >>"$report"
+    before=$(grep -m 1 -E '^(<!-- revocation:begin|## Commands$)' "$report" || true)
+    if [ -n "$before" ]; then
+      awk -v f="$frag" -v m="$before" '
+        $0 == m && !done {while ((getline l < f) > 0) print l; print ""; done = 1}
+        {print}' "$report" >"$report.tmp"
+      mv "$report.tmp" "$report"
+    else
+      { echo; cat "$frag"; } >>"$report"
+    fi
   fi
 }

@@ -79,16 +79,6 @@ esac
 BEGIN_MARK='<!-- revocation:begin (bench/revocation.sh) -->'
 END_MARK='<!-- revocation:end -->'
 
-# place FRAGMENT: the section into $TARGET (fragment mode: the file itself).
-place() {
-  if [ "$MODE" = fragment ]; then
-    cp "$1" "$TARGET"
-  else
-    splice_section "$1" "$TARGET" "$BEGIN_MARK" "$END_MARK"
-  fi
-  log "section written into $TARGET"
-}
-
 # skip_section REASON: a section that only says why nothing was measured.
 skip_section() {
   local frag

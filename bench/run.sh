@@ -24,6 +24,10 @@
 #   BENCH_INSTRUCTIONS [1]   0 skips the instructions-per-request table (bench/instructions.sh:
 #                            callgrind over nginx, bare Pingora and the gateway's routes)
 #   BENCH_ONLY=instructions  runs only that and puts its section into the existing report
+#   BENCH_EDGE [1]           0 skips the edge benchmarks (bench/edge.sh: the gateway against
+#                            nginx over TLS 1.3 with one certificate: new connections/s,
+#                            keep-alive and HTTP/2 throughput, memory per idle connection)
+#   BENCH_ONLY=edge          runs only those and puts their section into the existing report
 #   BENCH_BIN_DIR            where the release binaries are [target/release]
 #   BENCH_TOKENGEN           a prebuilt bench/tokengen binary (skips its cargo build)
 #                            [built into target/release/tokengen]
@@ -78,10 +82,12 @@ case ${BENCH_ONLY:-} in
   "") ;;
   revocation) exec "$BENCH_DIR/revocation.sh" --splice "$OUT" ;;
   instructions) exec "$BENCH_DIR/instructions.sh" --splice "$OUT" ;;
-  *) die "BENCH_ONLY=${BENCH_ONLY}: only \"revocation\" and \"instructions\" are known" ;;
+  edge) exec "$BENCH_DIR/edge.sh" --splice "$OUT" ;;
+  *) die "BENCH_ONLY=${BENCH_ONLY}: only \"revocation\", \"instructions\" and \"edge\" are known" ;;
 esac
 REVOCATION=${BENCH_REVOCATION:-1}
 INSTRUCTIONS=${BENCH_INSTRUCTIONS:-1}
+EDGE=${BENCH_EDGE:-1}
 
 for tool in wrk nginx haproxy openssl python3 curl awk sed; do
   command -v "$tool" >/dev/null 2>&1 ||
@@ -702,38 +708,32 @@ fi
 stop_pid "$UP_PID" TERM
 
 # ---------------------------------------------------------------------------------------------
-# Instructions per request under callgrind (bench/instructions.sh): the repeatable figures
-# issue 14's per-request targets are judged on
+# Sections by their own scripts (each starts and stops its own processes, which stop with this
+# script too): instructions per request under callgrind (bench/instructions.sh, the figures
+# issue 14's per-request targets are judged on), the edge over TLS 1.3, HTTP/2 and idle
+# connections against nginx (bench/edge.sh), revocation propagation and 1,000,000 revoked
+# sessions (bench/revocation.sh, with its own PostgreSQL cluster)
 # ---------------------------------------------------------------------------------------------
-INSTRUCTIONS_SECTION=$TMP/instructions.md
-if [ "$INSTRUCTIONS" = 0 ]; then
-  printf '%s\n## Instructions per request (callgrind)\n\nNot measured: BENCH_INSTRUCTIONS=0.\n%s\n' \
-    '<!-- instructions:begin (bench/instructions.sh) -->' '<!-- instructions:end -->' >"$INSTRUCTIONS_SECTION"
-else
-  log "instructions per request (bench/instructions.sh)"
-  BENCH_TOKENGEN=$TOKENGEN "$BENCH_DIR/instructions.sh" "$INSTRUCTIONS_SECTION" &
-  INS_PID=$!
-  PIDS+=("$INS_PID")
-  wait "$INS_PID" || die "bench/instructions.sh failed"
-  stop_pid "$INS_PID"
-fi
-
-# ---------------------------------------------------------------------------------------------
-# Revocation: propagation and 1,000,000 revoked sessions (bench/revocation.sh, its own
-# processes and PostgreSQL cluster; stopped with this script)
-# ---------------------------------------------------------------------------------------------
-REVOCATION_SECTION=$TMP/revocation.md
-if [ "$REVOCATION" = 0 ]; then
-  printf '%s\n## Revocation propagation and 1,000,000 revoked sessions\n\nNot measured: BENCH_REVOCATION=0.\n%s\n' \
-    '<!-- revocation:begin (bench/revocation.sh) -->' '<!-- revocation:end -->' >"$REVOCATION_SECTION"
-else
-  log "revocation benchmarks (bench/revocation.sh)"
-  "$BENCH_DIR/revocation.sh" "$REVOCATION_SECTION" &
-  REV_PID=$!
-  PIDS+=("$REV_PID")
-  wait "$REV_PID" || die "bench/revocation.sh failed"
-  stop_pid "$REV_PID"
-fi
+# run_section NAME ENABLED TITLE [VAR=VALUE...]: bench/NAME.sh writes $TMP/NAME.md, or, when
+# ENABLED is 0, a section that says it was skipped.
+run_section() {
+  local name=$1 enabled=$2 title=$3 pid
+  shift 3
+  if [ "$enabled" = 0 ]; then
+    printf '%s\n## %s\n\nNot measured: BENCH_%s=0.\n%s\n' "<!-- $name:begin (bench/$name.sh) -->" \
+      "$title" "${name^^}" "<!-- $name:end -->" >"$TMP/$name.md"
+    return
+  fi
+  log "$title (bench/$name.sh)"
+  env "$@" "$BENCH_DIR/$name.sh" "$TMP/$name.md" &
+  pid=$!
+  PIDS+=("$pid")
+  wait "$pid" || die "bench/$name.sh failed"
+  stop_pid "$pid"
+}
+run_section instructions "$INSTRUCTIONS" "Instructions per request (callgrind)" BENCH_TOKENGEN="$TOKENGEN"
+run_section edge "$EDGE" "The edge as users run it: TLS, HTTP/2 and idle connections against nginx"
+run_section revocation "$REVOCATION" "Revocation propagation and 1,000,000 revoked sessions"
 
 # ---------------------------------------------------------------------------------------------
 # Report
@@ -1081,12 +1081,14 @@ fi
   echo "\`max_concurrent_hashes\` = 4 at once); it is not a target."
   echo
 
-  # ---- instructions
-  cat "$INSTRUCTIONS_SECTION"
+  # ---- instructions, edge
+  cat "$TMP/instructions.md"
+  echo
+  cat "$TMP/edge.md"
   echo
 
   # ---- revocation
-  cat "$REVOCATION_SECTION"
+  cat "$TMP/revocation.md"
   echo
 
   # ---- commands
