@@ -25,7 +25,7 @@ test: build
 ## micro-benchmarks of the verifier, issuer throughput; writes bench/RESULTS.md.
 ## BENCH_QUICK=1 make bench is a short smoke run.
 bench: deps
-	@scripts/install-deps.sh nginx wrk haproxy h2load openssl valgrind
+	@scripts/install-deps.sh nginx wrk haproxy h2load openssl valgrind strace
 	$(CARGO) build --release --workspace --bins
 	@CARGO=$(CARGO) bench/run.sh
 

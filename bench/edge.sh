@@ -85,7 +85,7 @@ done
 # Optional: without it the one-request-per-connection check counts on the server side only.
 HAVE_STRACE=0
 command -v strace >/dev/null 2>&1 && HAVE_STRACE=1
-for b in portcullis-gateway portcullis-demo-upstream; do
+for b in portcullis-gateway portcullis-demo-upstream bare-pingora; do
   [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b is missing: cargo build --release --workspace --bins"
 done
 [ "$THREADS" -le "$CONNS" ] || die "BENCH_THREADS must not exceed BENCH_CONNECTIONS"
@@ -130,7 +130,14 @@ start_proxy() {
   pick_port PX_TLS
   pick_port PX_PLAIN
   PX_ADMIN='' PX_STATUS=''
-  if [ "$p" = gateway ]; then
+  if [ "$p" = bare ]; then
+    # Pingora's own floor for the idle case (plain HTTP only): bench/bare-pingora.
+    spawn "$name" "$BIN_DIR/bare-pingora" "127.0.0.1:$PX_PLAIN" "127.0.0.1:$UP_PORT" /public "$WORKERS"
+    PX_PID=$SPAWNED
+    wait_http "http://127.0.0.1:$PX_PLAIN$PUBLIC_PATH" 200 20 ||
+      die "bare-pingora ($name) did not start: $(tail -n 5 "$TMP/logs/$name.err")"
+    return
+  elif [ "$p" = gateway ]; then
     pick_port PX_ADMIN
     render "$BENCH_DIR/gateway-edge.yaml.in" "$dir/gateway.yaml" WORKERS="$WORKERS" DIR="$dir" \
       TLS_PORT="$PX_TLS" PORT="$PX_PLAIN" ADMIN_PORT="$PX_ADMIN" UPSTREAM_PORT="$UP_PORT" \
@@ -159,8 +166,8 @@ start_proxy() {
 }
 
 stop_proxy() {
-  # The gateway exits at once on SIGINT (SIGTERM drains first); nginx's fast shutdown is TERM.
-  if [ "$1" = gateway ]; then stop_pid "$PX_PID" INT; else stop_pid "$PX_PID" TERM; fi
+  # Pingora exits at once on SIGINT (SIGTERM drains first); nginx's fast shutdown is TERM.
+  if [ "$1" = nginx ]; then stop_pid "$PX_PID" TERM; else stop_pid "$PX_PID" INT; fi
 }
 
 # accepts: nginx's stub_status "accepts" (its own request included).
@@ -332,6 +339,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
       measure "$c" nginx "$round"
       measure "$c" gateway "$round"
     fi
+    if [ "$c" = idle ]; then
+      measure idle bare "$round"
+    fi
   done
 done
 
@@ -427,6 +437,10 @@ for c in "${CASES[@]}"; do
     NON2XX[$c/$p]=$(colv "$c" "$p" 7 | sumv)
   done
 done
+MED[idle/bare]=$(colv idle bare 4 | median)
+LO[idle/bare]=$(colv idle bare 4 | minv)
+HI[idle/bare]=$(colv idle bare 4 | maxv)
+ERRS[idle/bare]=$(colv idle bare 6 | sumv)
 ratio() { calc 'a / b' a="${MED[$1/gateway]}" b="${MED[$1/nginx]}"; }
 # round_ratios CASE: gateway ÷ nginx of each round (the two ran back to back), one a line.
 round_ratios() {
@@ -546,12 +560,17 @@ FRAG=$TMP/section.md
   echo
   echo "| proxy | KiB per connection (median) | min–max | RSS before → after MiB (median round) | established at the measurement | failed | closed by the server meanwhile |"
   echo "|---|---:|---:|---:|---:|---:|---:|"
-  for p in "${PROXIES[@]}"; do
+  for p in "${PROXIES[@]}" bare; do
     kb0=$(detail idle "$p" before_kb | median)
     kb1=$(detail idle "$p" after_kb | median)
     echo "| $p | ${MED[idle/$p]} | ${LO[idle/$p]}–${HI[idle/$p]} | $(calc 'v / 1024' v="$kb0") → $(calc 'v / 1024' v="$kb1") | $(detail idle "$p" established | paste -sd ' ') | ${ERRS[idle/$p]} | $(detail idle "$p" closed_by_server | paste -sd ' ') |"
   done
   echo "| gateway ÷ nginx | $(ratio idle)× | | | | | |"
+  echo
+  echo "*bare* = bench/bare-pingora (\`upstream_peer\` + the path rewrite, the gateway's Pingora, allocator"
+  echo "and release profile, $WORKERS threads): what any Pingora 0.9 proxy holds per idle connection (its task"
+  echo "with the proxy future, the session's buffers, a 64 KiB read buffer per stream); the gateway's own"
+  echo "share is the difference, $(calc 'a - b' a="${MED[idle/gateway]}" b="${MED[idle/bare]}") KiB."
   echo
   echo "### Edge targets"
   echo
@@ -579,7 +598,7 @@ FRAG=$TMP/section.md
   done
   ok=$(cmp_le "${MED[idle/gateway]}" 8)
   [ "$(detail idle gateway established | minv)" -ge "$IDLE" ] 2>/dev/null || ok=0
-  echo "| memory per idle keep-alive connection: gateway ≤ 8 KiB | ${MED[idle/gateway]} KiB (nginx: ${MED[idle/nginx]} KiB) | $(verdict "$ok") |"
+  echo "| memory per idle keep-alive connection: gateway ≤ 8 KiB | ${MED[idle/gateway]} KiB (nginx: ${MED[idle/nginx]} KiB, bare Pingora: ${MED[idle/bare]} KiB) | $(verdict "$ok") |"
   echo "| TLS keep-alive throughput (no target) | $(rratio keepalive)× nginx (per round: $(rlist keepalive)) | — |"
   echo
   echo "Versions: $H2LOAD_V; $NGINX_V (built with $NGINX_SSL); $OPENSSL_V (the clients');"

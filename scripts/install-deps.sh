@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh [extra-tool ...]   e.g. scripts/install-deps.sh nginx wrk
 set -euo pipefail
 
-declare -A pkg=([cmake]=cmake [cc]=gcc [c++]=g++ [make]=make [nginx]=nginx [wrk]=wrk [openssl]=openssl [curl]=curl [jq]=jq [postgres]=postgresql [venv]=python3-venv [promtool]=prometheus [haproxy]=haproxy [valgrind]=valgrind [h2load]=nghttp2-client)
+declare -A pkg=([cmake]=cmake [cc]=gcc [c++]=g++ [make]=make [nginx]=nginx [wrk]=wrk [openssl]=openssl [curl]=curl [jq]=jq [postgres]=postgresql [venv]=python3-venv [promtool]=prometheus [haproxy]=haproxy [valgrind]=valgrind [strace]=strace [h2load]=nghttp2-client)
 want=(cmake cc c++ curl "$@")
 missing=()
 have() {
