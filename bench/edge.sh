@@ -65,15 +65,7 @@ export LC_ALL=C
 . "$BENCH_DIR/lib.sh"
 log() { printf '[bench edge %s] %s\n' "$(date +%T)" "$*" >&2; }
 
-MODE=fragment
-case ${1:-} in
-  --splice)
-    MODE=splice
-    TARGET=${2:?usage: bench/edge.sh --splice REPORT}
-    ;;
-  "" | -*) die "usage: bench/edge.sh FRAGMENT | --splice REPORT" ;;
-  *) TARGET=$1 ;;
-esac
+section_args edge.sh "$@"
 
 BEGIN_MARK='<!-- edge:begin (bench/edge.sh) -->'
 END_MARK='<!-- edge:end -->'
@@ -209,14 +201,7 @@ parse_h2load() {
 cpu_us() {
   awk -v t="$1" -v hz="$CLK_TCK" -v n="$2" 'BEGIN {printf "%.2f", (n > 0 ? t * 1e6 / hz / n : 0)}'
 }
-rss_kb() {
-  local pid total=0 v
-  for pid in "$@"; do
-    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-    total=$((total + ${v:-0}))
-  done
-  echo "$total"
-}
+rss_kb() { status_kb VmRSS "$@"; }
 
 H1_CLOSE=(--h1 -H 'Connection: close' "--tls13-ciphers=$TLS13_SUITE")
 declare -A CMD=()

@@ -24,15 +24,7 @@ export LC_ALL=C
 . "$BENCH_DIR/lib.sh"
 log() { printf '[bench instructions %s] %s\n' "$(date +%T)" "$*" >&2; }
 
-MODE=fragment
-case ${1:-} in
-  --splice)
-    MODE=splice
-    TARGET=${2:?usage: bench/instructions.sh --splice REPORT}
-    ;;
-  "" | -*) die "usage: bench/instructions.sh FRAGMENT | --splice REPORT" ;;
-  *) TARGET=$1 ;;
-esac
+section_args instructions.sh "$@"
 BEGIN_MARK='<!-- instructions:begin (bench/instructions.sh) -->'
 END_MARK='<!-- instructions:end -->'
 

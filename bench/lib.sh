@@ -186,15 +186,18 @@ cpu_ticks() {
   echo "$total"
 }
 
-# peak_rss_kb PID...: sum of VmHWM (each process's peak resident set).
-peak_rss_kb() {
-  local pid total=0 v
+# status_kb FIELD PID...: sum of a /proc/PID/status field in kB over the processes (VmRSS: the
+# resident set now; VmHWM: each process's peak).
+status_kb() {
+  local field=$1 pid total=0 v
+  shift
   for pid in "$@"; do
-    v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    v=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$pid/status" 2>/dev/null || true)
     total=$((total + ${v:-0}))
   done
   echo "$total"
 }
+peak_rss_kb() { status_kb VmHWM "$@"; }
 
 # metric ADMIN_PORT REGEX: sum of the Prometheus samples whose line matches REGEX.
 metric() {
@@ -308,6 +311,21 @@ verdict() {
 }
 cmp_ge() { awk -v a="$1" -v b="$2" 'BEGIN {r = (a + 0 >= b + 0) ? 1 : 0; print r}'; }
 cmp_le() { awk -v a="$1" -v b="$2" 'BEGIN {r = (a + 0 <= b + 0) ? 1 : 0; print r}'; }
+
+# section_args SCRIPT ARGS...: a section script's command line, `FRAGMENT` or `--splice REPORT`;
+# sets MODE (fragment or splice) and TARGET.
+section_args() {
+  local script=$1
+  MODE=fragment
+  case ${2:-} in
+    --splice)
+      MODE=splice
+      TARGET=${3:?usage: bench/$script --splice REPORT}
+      ;;
+    "" | -*) die "usage: bench/$script FRAGMENT | --splice REPORT" ;;
+    *) TARGET=$2 ;;
+  esac
+}
 
 # place FRAGMENT: a section script's output: $TARGET is the FRAGMENT itself (MODE=fragment, when
 # bench/run.sh runs the script) or a report to splice it into (MODE=splice, BENCH_ONLY=…),

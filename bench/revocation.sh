@@ -66,15 +66,7 @@ export LC_ALL=C
 . "$BENCH_DIR/lib.sh"
 log() { printf '[bench revocation %s] %s\n' "$(date +%T)" "$*" >&2; }
 
-MODE=fragment
-case ${1:-} in
-  --splice)
-    MODE=splice
-    TARGET=${2:?usage: bench/revocation.sh --splice REPORT}
-    ;;
-  "" | -*) die "usage: bench/revocation.sh FRAGMENT | --splice REPORT" ;;
-  *) TARGET=$1 ;;
-esac
+section_args revocation.sh "$@"
 
 BEGIN_MARK='<!-- revocation:begin (bench/revocation.sh) -->'
 END_MARK='<!-- revocation:end -->'
