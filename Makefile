@@ -21,9 +21,10 @@ test: build
 	@scripts/install-deps.sh nginx postgres promtool
 	@CARGO=$(CARGO) scripts/test.sh
 
-## Benchmarks: the gateway against nginx (and nginx + auth_request) with wrk, criterion
-## micro-benchmarks of the verifier, issuer throughput; writes bench/RESULTS.md.
-## BENCH_QUICK=1 make bench is a short smoke run.
+## Benchmarks: the gateway against nginx, bare Pingora, HAProxy (+ jwt_verify) and nginx +
+## auth_request with wrk; instructions per request (callgrind); TLS, HTTP/2 and idle connections
+## against nginx; criterion micro-benchmarks of the verifier; issuer throughput; revocation.
+## Writes bench/RESULTS.md. BENCH_QUICK=1 make bench is a short smoke run.
 bench: deps
 	@scripts/install-deps.sh nginx wrk haproxy h2load openssl valgrind strace
 	$(CARGO) build --release --workspace --bins
