@@ -19,10 +19,27 @@ pub mod recording_upstream;
 pub mod smtp_sink;
 
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, taken from 20000–32767: below the kernel's
+/// ephemeral range (32768–60999 by default), so that no outgoing connection can take it as its
+/// source port between this check and the server binding it. Ports from `bind(:0)` come from
+/// that range, and one was taken that way in a CI run ("Address already in use"). Each call
+/// moves on to the next port (a process-wide counter, starting at a point drawn from the
+/// process id), so tests running in parallel do not share one.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 32_768 - LOW;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
